@@ -1,0 +1,369 @@
+"""The Deal aggregate: one opportunity moving through a pipeline's stages."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Final
+from uuid import UUID, uuid4, uuid5
+
+from eventsourcing.domain import Aggregate, event
+
+from libs.domain.errors import (
+    AlreadyInStage,
+    AlreadyLost,
+    AlreadyWon,
+    DealClosed,
+    DealNotClosed,
+    InvalidInput,
+    NothingToChange,
+)
+from libs.domain.pipeline import Pipeline
+from libs.domain.values import (
+    MAX_NAME_LENGTH,
+    MAX_NOTE_LENGTH,
+    MAX_TITLE_LENGTH,
+    check_money,
+    check_occurred_at,
+    check_text,
+)
+
+OPEN, WON, LOST = "open", "won", "lost"
+MAX_EXTERNAL_ID_LENGTH = 200
+
+# Deal ids derived from (pipeline, external id) make imports idempotent: the same
+# external record always maps onto the same aggregate.
+DEAL_ID_NAMESPACE: Final = UUID("6f1c2b0e-5d0a-4c1e-9a57-3e2f1d7c9b40")
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = _Unset()
+
+
+def deal_id_for(pipeline_id: UUID, external_id: str) -> UUID:
+    """The id a deal with this external id gets in this pipeline."""
+    return uuid5(DEAL_ID_NAMESPACE, f"{pipeline_id}:{external_id}")
+
+
+def check_owner(owner: Any) -> str:
+    return check_text(owner, "owner", max_length=MAX_NAME_LENGTH)
+
+
+def check_expected_close_date(value: Any) -> date | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime) or not isinstance(value, date):
+        raise InvalidInput(
+            "expected_close_date must be a date (YYYY-MM-DD)", field="expected_close_date"
+        )
+    return value
+
+
+class Deal(Aggregate):
+    """A sales opportunity: value, owner, stage and outcome, with every change kept."""
+
+    @event("DealCreated")
+    def __init__(
+        self,
+        pipeline_id: UUID,
+        title: str,
+        value: Decimal,
+        owner: str,
+        stage_id: str,
+        stage_name: str,
+        expected_close_date: date | None,
+        external_id: str | None,
+        actor: str,
+        occurred_at: datetime,
+    ) -> None:
+        self.pipeline_id = pipeline_id
+        self.title = title
+        self.value = value
+        self.owner = owner
+        self.stage_id = stage_id
+        self.status = OPEN
+        self.expected_close_date = expected_close_date
+        self.external_id = external_id
+        self.lost_reason: str | None = None
+        self.lost_note: str | None = None
+        self.created_at = occurred_at
+        self.closed_at: datetime | None = None
+        self.stage_entered_at = occurred_at
+        self.last_occurred_at = occurred_at
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        pipeline: Pipeline,
+        title: Any,
+        value: Any,
+        owner: Any,
+        stage: Any = None,
+        expected_close_date: Any = None,
+        external_id: Any = None,
+        actor: str,
+        occurred_at: datetime,
+        now: datetime,
+    ) -> Deal:
+        """Check the input against the pipeline and open a new deal."""
+        checked_title = check_text(title, "title", max_length=MAX_TITLE_LENGTH)
+        amount = check_money(value)
+        checked_owner = check_owner(owner)
+        close_date = check_expected_close_date(expected_close_date)
+        ext: str | None = None
+        if external_id is not None:
+            ext = check_text(external_id, "external_id", max_length=MAX_EXTERNAL_ID_LENGTH)
+        first = pipeline.first_stage if stage is None else pipeline.stage(stage)
+        check_occurred_at(occurred_at, now=now, previous=None)
+        return cls(
+            pipeline_id=pipeline.id,
+            title=checked_title,
+            value=amount,
+            owner=checked_owner,
+            stage_id=first.id,
+            stage_name=first.name,
+            expected_close_date=close_date,
+            external_id=ext,
+            actor=actor,
+            occurred_at=occurred_at,
+        )
+
+    @staticmethod
+    def create_id(pipeline_id: UUID, external_id: str | None) -> UUID:
+        return deal_id_for(pipeline_id, external_id) if external_id else uuid4()
+
+    # --- rules ----------------------------------------------------------------------
+
+    def check_open(self) -> None:
+        if self.status != OPEN:
+            raise DealClosed(
+                f"deal is {self.status}; only reopen is allowed on a closed deal",
+                details={"status": self.status},
+            )
+
+    def check_when(self, occurred_at: datetime, now: datetime) -> None:
+        check_occurred_at(occurred_at, now=now, previous=self.last_occurred_at)
+
+    # --- commands -------------------------------------------------------------------
+
+    def advance(
+        self, pipeline: Pipeline, stage: Any, *, actor: str, occurred_at: datetime, now: datetime
+    ) -> None:
+        """Move the deal to another stage of its pipeline, forwards or backwards."""
+        target = pipeline.stage(stage)
+        self.check_open()
+        self.check_when(occurred_at, now)
+        if target.id == self.stage_id:
+            raise AlreadyInStage(f"deal is already in stage {target.name!r}")
+        forward = pipeline.position_of(target.id) > pipeline.position_of(self.stage_id)
+        self._stage_advanced(
+            from_stage_id=self.stage_id,
+            from_stage_name=pipeline.stage_name(self.stage_id),
+            to_stage_id=target.id,
+            to_stage_name=target.name,
+            direction="forward" if forward else "backward",
+            actor=actor,
+            occurred_at=occurred_at,
+        )
+
+    @event("StageAdvanced")
+    def _stage_advanced(
+        self,
+        from_stage_id: str,
+        from_stage_name: str,
+        to_stage_id: str,
+        to_stage_name: str,
+        direction: str,
+        actor: str,
+        occurred_at: datetime,
+    ) -> None:
+        self.stage_id = to_stage_id
+        self.stage_entered_at = occurred_at
+        self.last_occurred_at = occurred_at
+
+    def win(self, pipeline: Pipeline, *, actor: str, occurred_at: datetime, now: datetime) -> None:
+        """Close the deal as won, in the stage it sits in."""
+        if self.status == WON:
+            raise AlreadyWon("deal is already won")
+        self.check_open()
+        self.check_when(occurred_at, now)
+        self._won(
+            stage_id=self.stage_id,
+            stage_name=pipeline.stage_name(self.stage_id),
+            actor=actor,
+            occurred_at=occurred_at,
+        )
+
+    @event("DealWon")
+    def _won(self, stage_id: str, stage_name: str, actor: str, occurred_at: datetime) -> None:
+        self.status = WON
+        self.closed_at = occurred_at
+        self.last_occurred_at = occurred_at
+
+    def lose(
+        self,
+        pipeline: Pipeline,
+        reason: Any,
+        note: Any = None,
+        *,
+        actor: str,
+        occurred_at: datetime,
+        now: datetime,
+    ) -> None:
+        """Close the deal as lost, for one of the pipeline's reasons."""
+        if self.status == LOST:
+            raise AlreadyLost("deal is already lost")
+        checked_reason = pipeline.check_lost_reason(reason)
+        checked_note = None
+        if note is not None:
+            checked_note = check_text(note, "note", max_length=MAX_NOTE_LENGTH, required=False)
+            checked_note = checked_note or None
+        self.check_open()
+        self.check_when(occurred_at, now)
+        self._lost(
+            reason=checked_reason,
+            note=checked_note,
+            stage_id=self.stage_id,
+            stage_name=pipeline.stage_name(self.stage_id),
+            actor=actor,
+            occurred_at=occurred_at,
+        )
+
+    @event("DealLost")
+    def _lost(
+        self,
+        reason: str,
+        note: str | None,
+        stage_id: str,
+        stage_name: str,
+        actor: str,
+        occurred_at: datetime,
+    ) -> None:
+        self.status = LOST
+        self.lost_reason = reason
+        self.lost_note = note
+        self.closed_at = occurred_at
+        self.last_occurred_at = occurred_at
+
+    def reopen(
+        self,
+        pipeline: Pipeline,
+        stage: Any = None,
+        *,
+        actor: str,
+        occurred_at: datetime,
+        now: datetime,
+    ) -> None:
+        """Bring a won or lost deal back into the pipeline (by default where it closed)."""
+        if self.status == OPEN:
+            raise DealNotClosed("deal is open; only a won or lost deal can be reopened")
+        target = pipeline.stage(self.stage_id if stage is None else stage)
+        self.check_when(occurred_at, now)
+        self._reopened(
+            previous_status=self.status,
+            stage_id=target.id,
+            stage_name=target.name,
+            actor=actor,
+            occurred_at=occurred_at,
+        )
+
+    @event("DealReopened")
+    def _reopened(
+        self,
+        previous_status: str,
+        stage_id: str,
+        stage_name: str,
+        actor: str,
+        occurred_at: datetime,
+    ) -> None:
+        self.status = OPEN
+        self.stage_id = stage_id
+        self.stage_entered_at = occurred_at
+        self.lost_reason = None
+        self.lost_note = None
+        self.closed_at = None
+        self.last_occurred_at = occurred_at
+
+    def update(
+        self,
+        *,
+        title: Any = UNSET,
+        value: Any = UNSET,
+        expected_close_date: Any = UNSET,
+        owner: Any = UNSET,
+        actor: str,
+        occurred_at: datetime,
+        now: datetime,
+    ) -> None:
+        """Change title, value, expected close date or owner; only real changes are recorded."""
+        changes: dict[str, Any] = {}
+        if title is not UNSET:
+            changes["title"] = check_text(title, "title", max_length=MAX_TITLE_LENGTH)
+        if value is not UNSET:
+            changes["value"] = check_money(value)
+        if expected_close_date is not UNSET:
+            changes["expected_close_date"] = check_expected_close_date(expected_close_date)
+        new_owner = None if owner is UNSET else check_owner(owner)
+        self.check_open()
+        self.check_when(occurred_at, now)
+        changes = {k: v for k, v in changes.items() if getattr(self, k) != v}
+        if new_owner == self.owner:
+            new_owner = None
+        if not changes and new_owner is None:
+            raise NothingToChange("the update changes nothing", field="body")
+        if changes:
+            self._updated(
+                changes=changes,
+                previous={k: getattr(self, k) for k in changes},
+                actor=actor,
+                occurred_at=occurred_at,
+            )
+        if new_owner is not None:
+            self._owner_changed(
+                from_owner=self.owner, to_owner=new_owner, actor=actor, occurred_at=occurred_at
+            )
+
+    @event("DealUpdated")
+    def _updated(
+        self, changes: dict[str, Any], previous: dict[str, Any], actor: str, occurred_at: datetime
+    ) -> None:
+        for key, val in changes.items():
+            setattr(self, key, val)
+        self.last_occurred_at = occurred_at
+
+    @event("OwnerChanged")
+    def _owner_changed(
+        self, from_owner: str, to_owner: str, actor: str, occurred_at: datetime
+    ) -> None:
+        self.owner = to_owner
+        self.last_occurred_at = occurred_at
+
+    def as_dict(self, pipeline: Pipeline | None = None) -> dict[str, Any]:
+        """The deal's current state as simple types."""
+        stage_name = pipeline.stage_name(self.stage_id) if pipeline else self.stage_id
+        return {
+            "id": str(self.id),
+            "pipeline_id": str(self.pipeline_id),
+            "title": self.title,
+            "value": str(self.value),
+            "currency": pipeline.currency if pipeline else None,
+            "owner": self.owner,
+            "stage": {"id": self.stage_id, "name": stage_name},
+            "status": self.status,
+            "expected_close_date": (
+                self.expected_close_date.isoformat() if self.expected_close_date else None
+            ),
+            "external_id": self.external_id,
+            "lost_reason": self.lost_reason,
+            "lost_note": self.lost_note,
+            "created_at": self.created_at.isoformat(),
+            "closed_at": self.closed_at.isoformat() if self.closed_at else None,
+            "entered_current_stage_at": self.stage_entered_at.isoformat(),
+            "last_activity_at": self.last_occurred_at.isoformat(),
+            "version": self.version,
+        }

@@ -1,0 +1,118 @@
+"""Value checks shared by the aggregates: money, currencies, clocks and names."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from libs.domain.errors import (
+    InvalidInput,
+    NegativeValue,
+    OccurredBeforePrevious,
+    OccurredInFuture,
+)
+
+# ISO 4217 codes in circulation (funds and precious metals left out on purpose: a
+# sales pipeline is priced in a currency someone can invoice in).
+ISO_4217_CODES = frozenset(
+    """
+    AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BRL BSD
+    BTN BWP BYN BZD CAD CDF CHF CLP CNY COP CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB
+    EUR FJD FKP GBP GEL GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK
+    JMD JOD JPY KES KGS KHR KMF KPW KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA
+    MKD MMK MNT MOP MRU MUR MVR MWK MXN MYR MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK
+    PHP PKR PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK SGD SHP SLE SOS SRD SSP STN
+    SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD UYU UZS VES VND VUV WST
+    XAF XCD XCG XOF XPF YER ZAR ZMW ZWG
+    """.split()
+)
+
+MAX_VALUE = Decimal("1000000000000000")  # 10^15 in the pipeline's currency
+MAX_VALUE_DECIMALS = 4
+MAX_TITLE_LENGTH = 200
+MAX_NAME_LENGTH = 100
+MAX_NOTE_LENGTH = 2000
+
+
+def check_currency(code: Any) -> str:
+    """Return the ISO 4217 code in upper case, or raise naming ``currency``."""
+    if not isinstance(code, str) or code.upper() not in ISO_4217_CODES:
+        raise InvalidInput(
+            f"currency must be an ISO 4217 code such as EUR or USD, got {code!r}",
+            field="currency",
+        )
+    return code.upper()
+
+
+def check_money(value: Any, field: str = "value") -> Decimal:
+    """Return ``value`` as a non-negative Decimal within the supported range."""
+    if isinstance(value, bool):
+        # bool is an int subclass, so Decimal(True) would quietly become 1.
+        raise InvalidInput(f"{field} must be a decimal number, got {value!r}", field=field)
+    if isinstance(value, float):
+        # Floats cannot hold most decimal amounts exactly; go through their repr.
+        value = repr(value)
+    try:
+        amount = Decimal(value)
+    except (InvalidOperation, TypeError, ValueError):
+        raise InvalidInput(
+            f"{field} must be a decimal number, got {value!r}", field=field
+        ) from None
+    if not amount.is_finite():
+        raise InvalidInput(f"{field} must be a finite number", field=field)
+    if amount < 0:
+        raise NegativeValue(f"{field} must not be negative, got {amount}", field=field)
+    if amount > MAX_VALUE:
+        raise InvalidInput(f"{field} must not exceed {MAX_VALUE}", field=field)
+    exponent = amount.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -MAX_VALUE_DECIMALS:
+        raise InvalidInput(
+            f"{field} has more than {MAX_VALUE_DECIMALS} decimal places", field=field
+        )
+    return amount
+
+
+def check_text(value: Any, field: str, *, max_length: int, required: bool = True) -> str:
+    """Return ``value`` stripped, refusing empty (when required) or over-long text."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field} must be a string", field=field)
+    text = value.strip()
+    if required and not text:
+        raise InvalidInput(f"{field} must not be empty", field=field)
+    if len(text) > max_length:
+        raise InvalidInput(f"{field} must be at most {max_length} characters", field=field)
+    if any(unicodedata.category(ch) == "Cc" and ch not in "\n\t" for ch in text):
+        raise InvalidInput(f"{field} must not contain control characters", field=field)
+    return text
+
+
+def check_occurred_at(
+    occurred_at: datetime, *, now: datetime, previous: datetime | None
+) -> datetime:
+    """Business time may be backdated, but never into the future or before the last event."""
+    if occurred_at.tzinfo is None:
+        raise InvalidInput("occurred_at must include a time zone", field="occurred_at")
+    if occurred_at > now:
+        raise OccurredInFuture(
+            f"occurred_at {occurred_at.isoformat()} is in the future "
+            f"(server time {now.isoformat()})"
+        )
+    if previous is not None and occurred_at < previous:
+        raise OccurredBeforePrevious(
+            f"occurred_at {occurred_at.isoformat()} is before the previous event "
+            f"at {previous.isoformat()}"
+        )
+    return occurred_at
+
+
+_SLUG_RE = re.compile(r"[^a-z0-9]+")
+
+
+def slugify(name: str) -> str:
+    """A lower-case, dash-separated id made from a display name."""
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = _SLUG_RE.sub("-", ascii_name.lower()).strip("-")
+    return slug or "stage"

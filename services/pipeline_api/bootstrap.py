@@ -1,0 +1,87 @@
+"""Wiring: build the parts the service needs from the settings (tests may swap any)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from libs.application.app import Clock, DealtrailApplication, utc_now
+from libs.application.sql import ensure_schema, make_engine
+from services.pipeline_api.auth import KeyRing, build_keyring
+from services.pipeline_api.idempotency import IdempotencyStore
+from services.pipeline_api.settings import Settings
+
+log = logging.getLogger("dealtrail")
+
+
+@dataclass
+class Services:
+    """Everything a request handler may need, created once per process."""
+
+    settings: Settings
+    app: DealtrailApplication
+    engine: AsyncEngine
+    idempotency: IdempotencyStore
+    keyring: KeyRing
+    clock: Clock
+    generated_admin_token: str | None = None
+    background: list[Any] = field(default_factory=list)
+
+    async def aclose(self) -> None:
+        for stopper in reversed(self.background):
+            await stopper()
+        await self.engine.dispose()
+        await asyncio.to_thread(self.app.close)
+
+
+def open_application(settings: Settings, clock: Clock = utc_now) -> DealtrailApplication:
+    """The event-sourced application on the configured store (creates its tables)."""
+    env = settings.store.eventsourcing_env(pool_size=settings.store_pool_size)
+    if settings.store.is_postgres and settings.store.schema:
+        _create_pg_schema(settings)
+    return DealtrailApplication(env=env, clock=clock)
+
+
+def _create_pg_schema(settings: Settings) -> None:
+    import psycopg
+
+    loc = settings.store
+    with psycopg.connect(
+        host=loc.host,
+        port=loc.port,
+        user=loc.user,
+        password=loc.password or None,
+        dbname=loc.dbname,
+        autocommit=True,
+        connect_timeout=5,
+    ) as conn:
+        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{loc.schema}"')
+
+
+async def bootstrap(settings: Settings, clock: Clock = utc_now) -> Services:
+    """Connect to the store, create tables, and assemble :class:`Services`."""
+    keyring, generated = build_keyring(settings)
+    app = await asyncio.to_thread(open_application, settings, clock)
+    engine = make_engine(settings.store)
+    try:
+        await ensure_schema(engine, settings.store)
+        idempotency = IdempotencyStore(engine, timedelta(hours=settings.idempotency_ttl_hours))
+        await idempotency.create_tables()
+    except BaseException:
+        await engine.dispose()
+        await asyncio.to_thread(app.close)
+        raise
+    return Services(
+        settings=settings,
+        app=app,
+        engine=engine,
+        idempotency=idempotency,
+        keyring=keyring,
+        clock=clock,
+        generated_admin_token=generated,
+    )

@@ -1,0 +1,95 @@
+"""Request dependencies: the wired services, the current principal, If-Match."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from libs.application.app import DealtrailApplication
+from libs.domain.actors import Actor
+from services.pipeline_api.bootstrap import Services
+from services.pipeline_api.errors import ApiError
+
+_ETAG_RE = re.compile(r'^\s*(?:W/)?"?(\d{1,12})"?\s*$')
+
+
+def get_services(request: Request) -> Services:
+    services: Services | None = getattr(request.app.state, "services", None)
+    if services is None:
+        raise ApiError(503, "the service is starting; retry shortly", code="starting")
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_application(services: ServicesDep) -> DealtrailApplication:
+    return services.app
+
+
+PipelineApp = Annotated[DealtrailApplication, Depends(get_application)]
+
+
+def current_principal(
+    services: ServicesDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Actor:
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if not authorization:
+        raise ApiError(401, "missing Authorization: Bearer <token> header", headers=challenge)
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "Authorization must be 'Bearer <token>'", headers=challenge)
+    actor = services.keyring.actor_for(token.strip())
+    if actor is None:
+        raise ApiError(401, "unknown API token", headers=challenge)
+    return actor
+
+
+CurrentPrincipal = Annotated[Actor, Depends(current_principal)]
+
+
+def expected_version(
+    if_match: Annotated[
+        str | None,
+        Header(
+            alias="If-Match",
+            description="Run the command only if the resource is at this version (its ETag).",
+        ),
+    ] = None,
+) -> int | None:
+    if if_match is None or if_match.strip() == "*":
+        return None
+    match = _ETAG_RE.match(if_match)
+    if not match:
+        raise ApiError(
+            422,
+            'If-Match must be a version number, e.g. "3"',
+            code="invalid_if_match",
+            details={"field": "If-Match"},
+        )
+    return int(match.group(1))
+
+
+ExpectedVersion = Annotated[int | None, Depends(expected_version)]
+
+
+def idempotency_key_doc(
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description=(
+                "Retrying with the same key and body returns the first response and "
+                "records nothing new; the same key with another body is a 422."
+            ),
+            max_length=200,
+        ),
+    ] = None,
+) -> None:
+    """Documents the header in OpenAPI; the middleware does the work."""
+
+
+IdempotencyKey = Depends(idempotency_key_doc)

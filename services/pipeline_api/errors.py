@@ -1,0 +1,176 @@
+"""The one place that turns failures into the JSON error shape and an HTTP status."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from eventsourcing.persistence import InterfaceError as StoreInterfaceError
+from eventsourcing.persistence import OperationalError as StoreOperationalError
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.exc import InterfaceError as SqlInterfaceError
+from sqlalchemy.exc import OperationalError as SqlOperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from libs.domain.errors import DomainError
+
+log = logging.getLogger("dealtrail.api")
+
+STATUS_BY_KIND = {
+    "invalid": 422,
+    "conflict": 409,
+    "stale": 412,
+    "not_found": 404,
+    "forbidden": 403,
+}
+CODE_BY_STATUS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    412: "precondition_failed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_input",
+    428: "precondition_required",
+    503: "service_unavailable",
+}
+
+
+class ErrorBody(BaseModel):
+    """The error object: a stable code, a human message, and details such as the field."""
+
+    code: str
+    message: str
+    details: dict[str, Any] = {}
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx and 5xx response has this shape."""
+
+    error: ErrorBody
+
+
+class ApiError(Exception):
+    """An error raised by the HTTP layer itself (auth, headers, pagination)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code or CODE_BY_STATUS.get(status, "error")
+        self.message = message
+        self.details = details or {}
+        self.headers = headers
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "details": details or {}}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    name = ""
+    for part in parts:
+        name += f"[{part}]" if part.isdigit() else (f".{part}" if name else part)
+    return name or ".".join(str(p) for p in loc)
+
+
+def _validation_details(exc: RequestValidationError) -> tuple[str, dict[str, Any]]:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(err.get("loc", ()))
+        problems.append(
+            {
+                "field": _field_name(loc),
+                "in": str(loc[0]) if loc else "body",
+                "message": err.get("msg", "invalid"),
+            }
+        )
+    first = problems[0] if problems else {"field": "body", "message": "invalid"}
+    message = f"{first['field']}: {first['message']}"
+    if len(problems) > 1:
+        message += f" (and {len(problems) - 1} more)"
+    return message, {"field": first["field"], "problems": problems}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers that give every failure the one JSON error shape."""
+
+    @app.exception_handler(DomainError)
+    async def domain_error(_: Request, exc: DomainError) -> JSONResponse:
+        return error_response(STATUS_BY_KIND.get(exc.kind, 409), exc.code, exc.message, exc.details)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, details = _validation_details(exc)
+        return error_response(422, "invalid_input", message, details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = CODE_BY_STATUS.get(exc.status_code, "error")
+        return error_response(
+            exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {})
+        )
+
+    async def store_unavailable(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable: %s", exc)
+        return error_response(
+            503,
+            "database_unavailable",
+            "the database is unreachable; retry shortly",
+            headers={"Retry-After": "2"},
+        )
+
+    for exc_type in (
+        StoreOperationalError,
+        StoreInterfaceError,
+        SqlOperationalError,
+        SqlInterfaceError,
+        ConnectionError,
+        OSError,
+    ):
+        app.add_exception_handler(exc_type, store_unavailable)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error", exc_info=exc)
+        return error_response(500, "internal_error", "unexpected error; it has been logged")
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": desc}
+    for status, desc in {
+        401: "Missing or unknown bearer token",
+        403: "The principal's role does not allow this",
+        404: "No such resource",
+        409: "The command breaks a rule of the deal's current state",
+        412: "If-Match names a stale version",
+        413: "Request body over the size limit",
+        422: "Invalid input; `details.field` names the field",
+        503: "The database is unreachable, or a read waited too long for a projection",
+    }.items()
+}

@@ -1,0 +1,75 @@
+"""The FastAPI application: middleware, routers, and start-up wiring in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from services.pipeline_api.bootstrap import Services, bootstrap
+from services.pipeline_api.deps import ServicesDep
+from services.pipeline_api.errors import error_response, install_error_handlers
+from services.pipeline_api.idempotency import IdempotencyMiddleware
+from services.pipeline_api.limits import BodySizeLimitMiddleware
+from services.pipeline_api.routers import deals, pipelines
+from services.pipeline_api.settings import Settings
+
+log = logging.getLogger("dealtrail")
+
+Bootstrap = Callable[[Settings], Awaitable[Services]]
+
+
+def create_app(settings: Settings | None = None, *, wire: Bootstrap | None = None) -> FastAPI:
+    """Build the ASGI app; nothing connects until the lifespan starts."""
+    settings = settings or Settings()
+    wire = wire or bootstrap
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = await wire(settings)
+        app.state.services = services
+        if services.generated_admin_token:
+            log.warning("no DEALTRAIL_API_KEYS set: admin token is in %s", settings.admin_key_file)
+        try:
+            yield
+        finally:
+            app.state.services = None
+            await services.aclose()
+
+    app = FastAPI(
+        title="Dealtrail",
+        version="0.1.0",
+        description=(
+            "Event-sourced sales pipeline. Every command is stored as an immutable event; "
+            'errors share one shape: `{"error": {"code", "message", "details"}}`.'
+        ),
+        lifespan=lifespan,
+    )
+    app.state.services = None
+    install_error_handlers(app)
+    app.include_router(pipelines.router)
+    app.include_router(deals.router)
+
+    @app.get("/health", tags=["health"])
+    async def health(services: ServicesDep) -> Any:
+        """Reports whether the event store is reachable (no auth)."""
+        try:
+            head = await run_in_threadpool(services.app.head_position)
+        except Exception as exc:  # noqa: BLE001 - any failure means "unreachable"
+            return error_response(
+                503, "database_unavailable", f"event store unreachable: {type(exc).__name__}"
+            )
+        return JSONResponse({"status": "ok", "store": "reachable", "position": head})
+
+    # Outermost first: the size limit guards everything, idempotency wraps the routes.
+    app.add_middleware(
+        IdempotencyMiddleware,
+        store_getter=lambda: app.state.services.idempotency,
+    )
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,188 @@
+"""Deals: open them, move them through stages, win, lose, reopen, update."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+from fastapi import APIRouter, Response, status
+from starlette.concurrency import run_in_threadpool
+
+from libs.application.app import CommandResult
+from services.pipeline_api.deps import (
+    CurrentPrincipal,
+    ExpectedVersion,
+    IdempotencyKey,
+    PipelineApp,
+)
+from services.pipeline_api.errors import ERROR_RESPONSES
+from services.pipeline_api.schemas import (
+    DealAdvance,
+    DealCommandResponse,
+    DealCreate,
+    DealLose,
+    DealPatch,
+    DealPublic,
+    DealReopen,
+    DealWin,
+)
+
+router = APIRouter(prefix="/v1/deals", tags=["deals"], responses=ERROR_RESPONSES)
+
+
+async def _run(command: Callable[[], CommandResult], response: Response) -> dict[str, Any]:
+    """Run a blocking command off the event loop and shape its answer."""
+    result = await run_in_threadpool(command)
+    response.headers["ETag"] = f'"{result.version}"'
+    if result.created:
+        response.headers["Location"] = f"/v1/deals/{result.id}"
+    return {**result.state, "position": result.position}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DealCommandResponse,
+    dependencies=[IdempotencyKey],
+)
+async def create_deal(
+    body: DealCreate, app: PipelineApp, principal: CurrentPrincipal, response: Response
+) -> dict[str, Any]:
+    """Open a deal; reps may only open deals they own."""
+    return await _run(
+        lambda: app.create_deal(
+            actor=principal,
+            pipeline_id=body.pipeline_id,
+            title=body.title,
+            value=body.value,
+            owner=body.owner,
+            stage=body.stage,
+            expected_close_date=body.expected_close_date,
+            external_id=body.external_id,
+            occurred_at=body.occurred_at,
+        ),
+        response,
+    )
+
+
+@router.get("/{deal_id}", response_model=DealPublic)
+async def get_deal(
+    deal_id: UUID, app: PipelineApp, principal: CurrentPrincipal, response: Response
+) -> dict[str, Any]:
+    """A deal's current state."""
+    state = await run_in_threadpool(app.deal_state, deal_id)
+    response.headers["ETag"] = f'"{state["version"]}"'
+    return state
+
+
+@router.post(
+    "/{deal_id}/advance", response_model=DealCommandResponse, dependencies=[IdempotencyKey]
+)
+async def advance_deal(
+    deal_id: UUID,
+    body: DealAdvance,
+    app: PipelineApp,
+    principal: CurrentPrincipal,
+    version: ExpectedVersion,
+    response: Response,
+) -> dict[str, Any]:
+    """Move the deal to another stage of its pipeline (backwards is allowed)."""
+    return await _run(
+        lambda: app.advance_deal(
+            deal_id,
+            actor=principal,
+            stage=body.stage,
+            occurred_at=body.occurred_at,
+            expected_version=version,
+        ),
+        response,
+    )
+
+
+@router.post("/{deal_id}/win", response_model=DealCommandResponse, dependencies=[IdempotencyKey])
+async def win_deal(
+    deal_id: UUID,
+    app: PipelineApp,
+    principal: CurrentPrincipal,
+    version: ExpectedVersion,
+    response: Response,
+    body: DealWin | None = None,
+) -> dict[str, Any]:
+    """Close the deal as won."""
+    occurred_at = body.occurred_at if body else None
+    return await _run(
+        lambda: app.win_deal(
+            deal_id, actor=principal, occurred_at=occurred_at, expected_version=version
+        ),
+        response,
+    )
+
+
+@router.post("/{deal_id}/lose", response_model=DealCommandResponse, dependencies=[IdempotencyKey])
+async def lose_deal(
+    deal_id: UUID,
+    body: DealLose,
+    app: PipelineApp,
+    principal: CurrentPrincipal,
+    version: ExpectedVersion,
+    response: Response,
+) -> dict[str, Any]:
+    """Close the deal as lost, with one of the pipeline's reasons and an optional note."""
+    return await _run(
+        lambda: app.lose_deal(
+            deal_id,
+            actor=principal,
+            reason=body.reason,
+            note=body.note,
+            occurred_at=body.occurred_at,
+            expected_version=version,
+        ),
+        response,
+    )
+
+
+@router.post("/{deal_id}/reopen", response_model=DealCommandResponse, dependencies=[IdempotencyKey])
+async def reopen_deal(
+    deal_id: UUID,
+    app: PipelineApp,
+    principal: CurrentPrincipal,
+    version: ExpectedVersion,
+    response: Response,
+    body: DealReopen | None = None,
+) -> dict[str, Any]:
+    """Reopen a won or lost deal, in the stage it closed in or a named one."""
+    stage = body.stage if body else None
+    occurred_at = body.occurred_at if body else None
+    return await _run(
+        lambda: app.reopen_deal(
+            deal_id,
+            actor=principal,
+            stage=stage,
+            occurred_at=occurred_at,
+            expected_version=version,
+        ),
+        response,
+    )
+
+
+@router.patch("/{deal_id}", response_model=DealCommandResponse, dependencies=[IdempotencyKey])
+async def update_deal(
+    deal_id: UUID,
+    body: DealPatch,
+    app: PipelineApp,
+    principal: CurrentPrincipal,
+    version: ExpectedVersion,
+    response: Response,
+) -> dict[str, Any]:
+    """Change title, value, expected close date or owner; unchanged fields record nothing."""
+    return await _run(
+        lambda: app.update_deal(
+            deal_id,
+            actor=principal,
+            fields=body.changed_fields(),
+            occurred_at=body.occurred_at,
+            expected_version=version,
+        ),
+        response,
+    )

@@ -1,0 +1,167 @@
+"""Request and response bodies of the HTTP API."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+OccurredAt = Field(
+    default=None,
+    description=(
+        "Business time of the change (ISO 8601 with a zone). Defaults to now; may be "
+        "backdated, but never into the future nor before the deal's previous event."
+    ),
+)
+
+
+class StageIn(_Body):
+    """One stage of a pipeline definition."""
+
+    name: str = Field(max_length=100)
+    probability: int = Field(description="Win probability, 0 to 100")
+    rotting_days: int | None = Field(
+        default=None, description="Days in this stage after which an open deal is stale"
+    )
+    id: str | None = Field(
+        default=None, max_length=100, description="Stable id; made from the name if omitted"
+    )
+
+
+class PipelineCreate(_Body):
+    """Define a pipeline; stages and lost reasons default to the B2B template."""
+
+    name: str = Field(max_length=100)
+    currency: str = Field(description="ISO 4217 code, e.g. EUR")
+    stages: list[StageIn] | None = Field(default=None, max_length=30)
+    lost_reasons: list[str] | None = Field(default=None, max_length=50)
+    occurred_at: AwareDatetime | None = OccurredAt
+
+
+class StagePublic(BaseModel):
+    """A stage as it is now."""
+
+    id: str
+    name: str
+    probability: int
+    rotting_days: int | None = None
+
+
+class PipelinePublic(BaseModel):
+    """A pipeline and its current definition."""
+
+    id: UUID
+    name: str
+    currency: str
+    stages: list[StagePublic]
+    lost_reasons: list[str]
+    version: int
+    created_at: str
+    position: int | None = Field(
+        default=None, description="Log position of the command's last event"
+    )
+
+
+class PipelinesPublic(BaseModel):
+    """All pipelines."""
+
+    data: list[PipelinePublic]
+
+
+class DealCreate(_Body):
+    """Open a deal in a pipeline."""
+
+    pipeline_id: UUID
+    title: str = Field(max_length=200)
+    value: Decimal = Field(description="Amount in the pipeline's currency; a string keeps it exact")
+    owner: str | None = Field(default=None, max_length=100, description="Defaults to the caller")
+    stage: str | None = Field(default=None, description="Stage id or name; defaults to the first")
+    expected_close_date: date | None = None
+    external_id: str | None = Field(
+        default=None, max_length=200, description="Id in another system; unique per pipeline"
+    )
+    occurred_at: AwareDatetime | None = OccurredAt
+
+
+class DealAdvance(_Body):
+    """Move a deal to another stage (forwards or backwards)."""
+
+    stage: str = Field(description="Stage id or name")
+    occurred_at: AwareDatetime | None = OccurredAt
+
+
+class DealWin(_Body):
+    """Close a deal as won."""
+
+    occurred_at: AwareDatetime | None = OccurredAt
+
+
+class DealLose(_Body):
+    """Close a deal as lost, for one of the pipeline's lost reasons."""
+
+    reason: str = Field(description="One of the pipeline's lost reasons")
+    note: str | None = Field(default=None, max_length=2000, description="Free text")
+    occurred_at: AwareDatetime | None = OccurredAt
+
+
+class DealReopen(_Body):
+    """Bring a won or lost deal back into the pipeline."""
+
+    stage: str | None = Field(default=None, description="Defaults to the stage it closed in")
+    occurred_at: AwareDatetime | None = OccurredAt
+
+
+class DealPatch(_Body):
+    """Change some of a deal's fields; only fields present in the body change."""
+
+    title: str | None = Field(default=None, max_length=200)
+    value: Decimal | None = None
+    expected_close_date: date | None = Field(default=None, description="null clears it")
+    owner: str | None = Field(default=None, max_length=100)
+    occurred_at: AwareDatetime | None = OccurredAt
+
+    def changed_fields(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.model_fields_set if k != "occurred_at"}
+
+
+class StageRef(BaseModel):
+    """A stage's id and its current name."""
+
+    id: str
+    name: str
+
+
+class DealPublic(BaseModel):
+    """A deal's current state."""
+
+    id: UUID
+    pipeline_id: UUID
+    title: str
+    value: str = Field(description="Decimal amount as a string")
+    currency: str | None
+    owner: str
+    stage: StageRef
+    status: str = Field(description="open, won or lost")
+    expected_close_date: date | None
+    external_id: str | None
+    lost_reason: str | None
+    lost_note: str | None
+    created_at: str
+    closed_at: str | None
+    entered_current_stage_at: str
+    last_activity_at: str
+    version: int
+
+
+class DealCommandResponse(DealPublic):
+    """A deal after a command, with the log position of the command's last event."""
+
+    position: int
