@@ -16,6 +16,7 @@ from eventsourcing.utils import get_topic
 from libs.domain.actors import Actor
 from libs.domain.deal import UNSET, Deal, deal_id_for
 from libs.domain.errors import DuplicateExternalId, NotFound, RuleViolation, StaleVersion
+from libs.domain.owner import Owner, owner_id_for
 from libs.domain.pipeline import Pipeline
 
 Clock = Callable[[], datetime]
@@ -158,6 +159,8 @@ class DealtrailApplication(Application[UUID]):
         stage: Any = None,
         expected_close_date: Any = None,
         external_id: Any = None,
+        account: Any = None,
+        product: Any = None,
         occurred_at: datetime | None = None,
     ) -> CommandResult:
         owner = actor.name if owner is None else owner
@@ -172,6 +175,8 @@ class DealtrailApplication(Application[UUID]):
             stage=stage,
             expected_close_date=expected_close_date,
             external_id=external_id,
+            account=account,
+            product=product,
             actor=actor.name,
             occurred_at=when,
             now=now,
@@ -310,8 +315,8 @@ class DealtrailApplication(Application[UUID]):
         occurred_at: datetime | None = None,
         expected_version: int | None = None,
     ) -> CommandResult:
-        """Change any of title, value, expected_close_date and owner."""
-        allowed = {"title", "value", "expected_close_date", "owner"}
+        """Change any of title, value, expected_close_date, account, product and owner."""
+        allowed = {"title", "value", "expected_close_date", "account", "product", "owner"}
         kwargs = {k: fields.get(k, UNSET) for k in allowed}
 
         def change(deal: Deal, pipeline: Pipeline, when: datetime, now: datetime) -> None:
@@ -324,6 +329,54 @@ class DealtrailApplication(Application[UUID]):
             occurred_at=occurred_at,
             change=change,
         )
+
+    # --- owners (team and region membership) -------------------------------------------
+
+    def get_owner(self, name: str) -> Owner | None:
+        try:
+            owner: Aggregate = self.repository.get(owner_id_for(name))
+        except AggregateNotFoundError:
+            return None
+        return owner if isinstance(owner, Owner) else None
+
+    def assign_team(
+        self,
+        *,
+        actor: Actor,
+        owner: Any,
+        team: Any,
+        region: Any,
+        occurred_at: datetime | None = None,
+    ) -> CommandResult:
+        """Set an owner's team and region (registering the owner on first use)."""
+        actor.check_may_manage_teams()
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            when, now = self._when(occurred_at)
+            existing = self.get_owner(owner) if isinstance(owner, str) else None
+            if existing is None:
+                profile = Owner.register(
+                    name=owner,
+                    team=team,
+                    region=region,
+                    actor=actor.name,
+                    occurred_at=when,
+                    now=now,
+                )
+            else:
+                profile = existing
+                profile.assign(
+                    team=team, region=region, actor=actor.name, occurred_at=when, now=now
+                )
+            try:
+                position = self._save(profile)
+            except IntegrityError:
+                if attempt == MAX_ATTEMPTS:
+                    raise RuleViolation("owner is changing too often; try again") from None
+                continue
+            return CommandResult(
+                profile.id, profile.version, position, profile.as_dict(), existing is None
+            )
+        raise AssertionError("unreachable")
 
     def iter_notifications(
         self, start: int = 1, stop: int | None = None, batch_size: int = 1000

@@ -40,6 +40,10 @@ class Actor:
                 details={"owner": owner},
             )
 
+    def check_may_manage_teams(self) -> None:
+        if self.role != Role.ADMIN:
+            raise Forbidden("only admins may set owners' teams and regions")
+
     def check_may_read_audit(self) -> None:
         if self.role not in (Role.ADMIN, Role.AUDITOR):
             raise Forbidden("only auditors and admins may read the audit log")

@@ -53,6 +53,12 @@ def check_owner(owner: Any) -> str:
     return check_text(owner, "owner", max_length=MAX_NAME_LENGTH)
 
 
+def check_optional_name(value: Any, field: str) -> str | None:
+    if value is None:
+        return None
+    return check_text(value, field, max_length=MAX_NAME_LENGTH, required=False) or None
+
+
 def check_expected_close_date(value: Any) -> date | None:
     if value is None:
         return None
@@ -79,6 +85,8 @@ class Deal(Aggregate):
         external_id: str | None,
         actor: str,
         occurred_at: datetime,
+        account: str | None = None,
+        product: str | None = None,
     ) -> None:
         self.pipeline_id = pipeline_id
         self.title = title
@@ -88,6 +96,8 @@ class Deal(Aggregate):
         self.status = OPEN
         self.expected_close_date = expected_close_date
         self.external_id = external_id
+        self.account = account
+        self.product = product
         self.lost_reason: str | None = None
         self.lost_note: str | None = None
         self.created_at = occurred_at
@@ -106,6 +116,8 @@ class Deal(Aggregate):
         stage: Any = None,
         expected_close_date: Any = None,
         external_id: Any = None,
+        account: Any = None,
+        product: Any = None,
         actor: str,
         occurred_at: datetime,
         now: datetime,
@@ -131,6 +143,8 @@ class Deal(Aggregate):
             external_id=ext,
             actor=actor,
             occurred_at=occurred_at,
+            account=check_optional_name(account, "account"),
+            product=check_optional_name(product, "product"),
         )
 
     @staticmethod
@@ -296,11 +310,13 @@ class Deal(Aggregate):
         value: Any = UNSET,
         expected_close_date: Any = UNSET,
         owner: Any = UNSET,
+        account: Any = UNSET,
+        product: Any = UNSET,
         actor: str,
         occurred_at: datetime,
         now: datetime,
     ) -> None:
-        """Change title, value, expected close date or owner; only real changes are recorded."""
+        """Change title, value, dates, account, product or owner; only real changes count."""
         changes: dict[str, Any] = {}
         if title is not UNSET:
             changes["title"] = check_text(title, "title", max_length=MAX_TITLE_LENGTH)
@@ -308,6 +324,10 @@ class Deal(Aggregate):
             changes["value"] = check_money(value)
         if expected_close_date is not UNSET:
             changes["expected_close_date"] = check_expected_close_date(expected_close_date)
+        if account is not UNSET:
+            changes["account"] = check_optional_name(account, "account")
+        if product is not UNSET:
+            changes["product"] = check_optional_name(product, "product")
         new_owner = None if owner is UNSET else check_owner(owner)
         self.check_open()
         self.check_when(occurred_at, now)
@@ -359,6 +379,8 @@ class Deal(Aggregate):
                 self.expected_close_date.isoformat() if self.expected_close_date else None
             ),
             "external_id": self.external_id,
+            "account": self.account,
+            "product": self.product,
             "lost_reason": self.lost_reason,
             "lost_note": self.lost_note,
             "created_at": self.created_at.isoformat(),

@@ -88,6 +88,8 @@ def _check_stage(raw: Mapping[str, Any], index: int, taken_ids: set[str]) -> Sta
             f"{where}.id must be lower-case letters, digits and dashes",
             field=f"{where}.id",
         )
+    if raw.get("id") and stage_id in taken_ids:
+        raise InvalidPipeline(f"{where}.id {stage_id!r} is used twice", field=f"{where}.id")
     base, n = stage_id, 2
     while stage_id in taken_ids:
         stage_id, n = f"{base}-{n}", n + 1

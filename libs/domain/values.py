@@ -67,6 +67,10 @@ def check_money(value: Any, field: str = "value") -> Decimal:
         raise NegativeValue(f"{field} must not be negative, got {amount}", field=field)
     if amount > MAX_VALUE:
         raise InvalidInput(f"{field} must not exceed {MAX_VALUE}", field=field)
+    if amount == 0:
+        amount = Decimal(0)  # no "-0"
+    elif isinstance(amount.as_tuple().exponent, int) and amount.as_tuple().exponent > 0:
+        amount = amount.quantize(Decimal(1))  # "1E+3" is stored and shown as "1000"
     exponent = amount.as_tuple().exponent
     if isinstance(exponent, int) and exponent < -MAX_VALUE_DECIMALS:
         raise InvalidInput(

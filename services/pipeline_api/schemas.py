@@ -88,6 +88,8 @@ class DealCreate(_Body):
     external_id: str | None = Field(
         default=None, max_length=200, description="Id in another system; unique per pipeline"
     )
+    account: str | None = Field(default=None, max_length=100, description="Customer account")
+    product: str | None = Field(default=None, max_length=100)
     occurred_at: AwareDatetime | None = OccurredAt
 
 
@@ -126,6 +128,8 @@ class DealPatch(_Body):
     value: Decimal | None = None
     expected_close_date: date | None = Field(default=None, description="null clears it")
     owner: str | None = Field(default=None, max_length=100)
+    account: str | None = Field(default=None, max_length=100, description="null clears it")
+    product: str | None = Field(default=None, max_length=100, description="null clears it")
     occurred_at: AwareDatetime | None = OccurredAt
 
     def changed_fields(self) -> dict[str, Any]:
@@ -152,6 +156,8 @@ class DealPublic(BaseModel):
     status: str = Field(description="open, won or lost")
     expected_close_date: date | None
     external_id: str | None
+    account: str | None = None
+    product: str | None = None
     lost_reason: str | None
     lost_note: str | None
     created_at: str

@@ -60,6 +60,8 @@ async def create_deal(
             stage=body.stage,
             expected_close_date=body.expected_close_date,
             external_id=body.external_id,
+            account=body.account,
+            product=body.product,
             occurred_at=body.occurred_at,
         ),
         response,
