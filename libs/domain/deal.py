@@ -15,17 +15,23 @@ from libs.domain.errors import (
     AlreadyWon,
     DealClosed,
     DealNotClosed,
+    EntryRequirementsNotMet,
     InvalidInput,
+    MovingBackNotAllowed,
     NothingToChange,
+    PipelineMismatch,
+    SkippingStagesNotAllowed,
 )
-from libs.domain.pipeline import Pipeline
+from libs.domain.pipeline import Pipeline, Stage, check_probability
 from libs.domain.values import (
     MAX_NAME_LENGTH,
     MAX_NOTE_LENGTH,
     MAX_TITLE_LENGTH,
+    UNSET,
     check_money,
     check_occurred_at,
     check_text,
+    format_money,
 )
 
 OPEN, WON, LOST = "open", "won", "lost"
@@ -34,14 +40,6 @@ MAX_EXTERNAL_ID_LENGTH = 200
 # Deal ids derived from (pipeline, external id) make imports idempotent: the same
 # external record always maps onto the same aggregate.
 DEAL_ID_NAMESPACE: Final = UUID("6f1c2b0e-5d0a-4c1e-9a57-3e2f1d7c9b40")
-
-
-class _Unset:
-    def __repr__(self) -> str:
-        return "UNSET"
-
-
-UNSET: Final = _Unset()
 
 
 def deal_id_for(pipeline_id: UUID, external_id: str) -> UUID:
@@ -57,6 +55,16 @@ def check_optional_name(value: Any, field: str) -> str | None:
     if value is None:
         return None
     return check_text(value, field, max_length=MAX_NAME_LENGTH, required=False) or None
+
+
+def check_note(value: Any) -> str | None:
+    if value is None:
+        return None
+    return check_text(value, "note", max_length=MAX_NOTE_LENGTH, required=False) or None
+
+
+def check_probability_override(value: Any) -> int | None:
+    return None if value is None else check_probability(value, "probability_override")
 
 
 def check_expected_close_date(value: Any) -> date | None:
@@ -87,6 +95,7 @@ class Deal(Aggregate):
         occurred_at: datetime,
         account: str | None = None,
         product: str | None = None,
+        note: str | None = None,
     ) -> None:
         self.pipeline_id = pipeline_id
         self.title = title
@@ -98,12 +107,15 @@ class Deal(Aggregate):
         self.external_id = external_id
         self.account = account
         self.product = product
+        self.probability_override: int | None = None
         self.lost_reason: str | None = None
         self.lost_note: str | None = None
         self.created_at = occurred_at
         self.closed_at: datetime | None = None
         self.stage_entered_at = occurred_at
         self.last_occurred_at = occurred_at
+        self.snoozed_until: datetime | None = None
+        self.snooze_reason: str | None = None
 
     @classmethod
     def create(
@@ -118,6 +130,7 @@ class Deal(Aggregate):
         external_id: Any = None,
         account: Any = None,
         product: Any = None,
+        note: Any = None,
         actor: str,
         occurred_at: datetime,
         now: datetime,
@@ -131,6 +144,25 @@ class Deal(Aggregate):
         if external_id is not None:
             ext = check_text(external_id, "external_id", max_length=MAX_EXTERNAL_ID_LENGTH)
         first = pipeline.first_stage if stage is None else pipeline.stage(stage)
+        if not pipeline.allow_skipping_stages and first.id != pipeline.first_stage.id:
+            raise SkippingStagesNotAllowed(
+                f"pipeline {pipeline.name!r} does not allow skipping stages; new deals start "
+                f"in {pipeline.first_stage.name!r}",
+                details={"next_stage": pipeline.first_stage.id},
+            )
+        checked_note = check_note(note)
+        present = {
+            "value": amount > 0,
+            "expected_close_date": close_date is not None,
+            "note": bool(checked_note),
+        }
+        missing = [f for f in first.requires if not present.get(f, True)]
+        if missing:
+            raise EntryRequirementsNotMet(
+                f"stage {first.name!r} requires {', '.join(missing)} before a deal enters it",
+                field=missing[0],
+                details={"missing_fields": missing, "stage": first.id},
+            )
         check_occurred_at(occurred_at, now=now, previous=None)
         return cls(
             pipeline_id=pipeline.id,
@@ -145,6 +177,7 @@ class Deal(Aggregate):
             occurred_at=occurred_at,
             account=check_optional_name(account, "account"),
             product=check_optional_name(product, "product"),
+            note=checked_note,
         )
 
     @staticmethod
@@ -165,25 +198,140 @@ class Deal(Aggregate):
 
     # --- commands -------------------------------------------------------------------
 
+    def check_entry(self, stage: Stage, note: str | None) -> None:
+        """The target stage's entry requirements hold (value > 0, close date, a note)."""
+        missing = []
+        if "value" in stage.requires and not self.value > 0:
+            missing.append("value")
+        if "expected_close_date" in stage.requires and self.expected_close_date is None:
+            missing.append("expected_close_date")
+        if "note" in stage.requires and not note:
+            missing.append("note")
+        if missing:
+            raise EntryRequirementsNotMet(
+                f"stage {stage.name!r} requires {', '.join(missing)} before a deal enters it",
+                field=missing[0],
+                details={"missing_fields": missing, "stage": stage.id},
+            )
+
+    def check_route(self, pipeline: Pipeline, target: Stage) -> str:
+        """The pipeline's rules on skipping stages and moving back; returns the direction."""
+        here, there = pipeline.position_of(self.stage_id), pipeline.position_of(target.id)
+        if here < 0:  # the current stage was removed: any current stage is a way out
+            return "forward"
+        if there < here:
+            if not pipeline.allow_moving_back:
+                raise MovingBackNotAllowed(
+                    f"pipeline {pipeline.name!r} does not allow moving deals back"
+                )
+            return "backward"
+        if there > here + 1 and not pipeline.allow_skipping_stages:
+            following = pipeline.stages[here + 1]
+            raise SkippingStagesNotAllowed(
+                f"pipeline {pipeline.name!r} does not allow skipping stages; "
+                f"the next stage is {following.name!r}",
+                details={"next_stage": following.id},
+            )
+        return "forward"
+
     def advance(
-        self, pipeline: Pipeline, stage: Any, *, actor: str, occurred_at: datetime, now: datetime
+        self,
+        pipeline: Pipeline,
+        stage: Any,
+        note: Any = None,
+        *,
+        actor: str,
+        occurred_at: datetime,
+        now: datetime,
+        cause: dict[str, Any] | None = None,
     ) -> None:
         """Move the deal to another stage of its pipeline, forwards or backwards."""
         target = pipeline.stage(stage)
+        checked_note = check_note(note)
         self.check_open()
         self.check_when(occurred_at, now)
         if target.id == self.stage_id:
             raise AlreadyInStage(f"deal is already in stage {target.name!r}")
-        forward = pipeline.position_of(target.id) > pipeline.position_of(self.stage_id)
+        if cause is None:
+            direction = self.check_route(pipeline, target)
+            self.check_entry(target, checked_note)
+        elif "direction" in cause:
+            # A pipeline change moves the deal; it says which way (its stage may be gone).
+            direction = str(cause["direction"])
+        else:
+            back = pipeline.position_of(target.id) < pipeline.position_of(self.stage_id)
+            direction = "backward" if back else "forward"
         self._stage_advanced(
             from_stage_id=self.stage_id,
             from_stage_name=pipeline.stage_name(self.stage_id),
             to_stage_id=target.id,
             to_stage_name=target.name,
-            direction="forward" if forward else "backward",
+            direction=direction,
+            actor=actor,
+            occurred_at=occurred_at,
+            note=checked_note,
+            cause=cause,
+        )
+
+    def move_to_pipeline(
+        self,
+        current: Pipeline,
+        target: Pipeline,
+        stage: Any = None,
+        note: Any = None,
+        *,
+        actor: str,
+        occurred_at: datetime,
+        now: datetime,
+    ) -> None:
+        """Move an open deal into another pipeline (same currency), keeping its history."""
+        if target.id == self.pipeline_id:
+            raise PipelineMismatch("the deal is already in that pipeline; use advance")
+        if target.currency != current.currency:
+            raise PipelineMismatch(
+                f"pipeline {target.name!r} is in {target.currency}, the deal's value is in "
+                f"{current.currency}"
+            )
+        destination = target.first_stage if stage is None else target.stage(stage)
+        if not target.allow_skipping_stages and destination.id != target.first_stage.id:
+            raise SkippingStagesNotAllowed(
+                f"pipeline {target.name!r} does not allow skipping stages; deals enter it in "
+                f"{target.first_stage.name!r}",
+                details={"next_stage": target.first_stage.id},
+            )
+        checked_note = check_note(note)
+        self.check_open()
+        self.check_when(occurred_at, now)
+        self.check_entry(destination, checked_note)
+        self._moved(
+            from_pipeline_id=self.pipeline_id,
+            to_pipeline_id=target.id,
+            from_stage_id=self.stage_id,
+            from_stage_name=current.stage_name(self.stage_id),
+            to_stage_id=destination.id,
+            to_stage_name=destination.name,
+            note=checked_note,
             actor=actor,
             occurred_at=occurred_at,
         )
+
+    @event("DealMoved")
+    def _moved(
+        self,
+        from_pipeline_id: UUID,
+        to_pipeline_id: UUID,
+        from_stage_id: str,
+        from_stage_name: str,
+        to_stage_id: str,
+        to_stage_name: str,
+        note: str | None,
+        actor: str,
+        occurred_at: datetime,
+    ) -> None:
+        self.pipeline_id = to_pipeline_id
+        self.stage_id = to_stage_id
+        self.stage_entered_at = occurred_at
+        self.last_occurred_at = occurred_at
 
     @event("StageAdvanced")
     def _stage_advanced(
@@ -195,6 +343,8 @@ class Deal(Aggregate):
         direction: str,
         actor: str,
         occurred_at: datetime,
+        note: str | None = None,
+        cause: dict[str, Any] | None = None,
     ) -> None:
         self.stage_id = to_stage_id
         self.stage_entered_at = occurred_at
@@ -233,10 +383,7 @@ class Deal(Aggregate):
         if self.status == LOST:
             raise AlreadyLost("deal is already lost")
         checked_reason = pipeline.check_lost_reason(reason)
-        checked_note = None
-        if note is not None:
-            checked_note = check_text(note, "note", max_length=MAX_NOTE_LENGTH, required=False)
-            checked_note = checked_note or None
+        checked_note = check_note(note)
         self.check_open()
         self.check_when(occurred_at, now)
         self._lost(
@@ -268,6 +415,7 @@ class Deal(Aggregate):
         self,
         pipeline: Pipeline,
         stage: Any = None,
+        note: Any = None,
         *,
         actor: str,
         occurred_at: datetime,
@@ -277,9 +425,14 @@ class Deal(Aggregate):
         if self.status == OPEN:
             raise DealNotClosed("deal is open; only a won or lost deal can be reopened")
         target = pipeline.stage(self.stage_id if stage is None else stage)
+        checked_note = check_note(note)
         self.check_when(occurred_at, now)
+        self.check_entry(target, checked_note)
         self._reopened(
+            note=checked_note,
             previous_status=self.status,
+            from_stage_id=self.stage_id,
+            from_stage_name=pipeline.stage_name(self.stage_id),
             stage_id=target.id,
             stage_name=target.name,
             actor=actor,
@@ -290,10 +443,13 @@ class Deal(Aggregate):
     def _reopened(
         self,
         previous_status: str,
+        from_stage_id: str,
+        from_stage_name: str,
         stage_id: str,
         stage_name: str,
         actor: str,
         occurred_at: datetime,
+        note: str | None = None,
     ) -> None:
         self.status = OPEN
         self.stage_id = stage_id
@@ -301,6 +457,31 @@ class Deal(Aggregate):
         self.lost_reason = None
         self.lost_note = None
         self.closed_at = None
+        self.last_occurred_at = occurred_at
+
+    def snooze(
+        self,
+        until: Any,
+        reason: Any,
+        *,
+        actor: str,
+        occurred_at: datetime,
+        now: datetime,
+    ) -> None:
+        """Keep an open deal off the stale list until ``until`` (a reason is required)."""
+        if not isinstance(until, datetime) or until.tzinfo is None:
+            raise InvalidInput("until must be a date and time with a zone", field="until")
+        checked_reason = check_text(reason, "reason", max_length=MAX_NOTE_LENGTH)
+        self.check_open()
+        self.check_when(occurred_at, now)
+        if until <= occurred_at:
+            raise InvalidInput("until must be after the time of the snooze", field="until")
+        self._snoozed(until=until, reason=checked_reason, actor=actor, occurred_at=occurred_at)
+
+    @event("DealSnoozed")
+    def _snoozed(self, until: datetime, reason: str, actor: str, occurred_at: datetime) -> None:
+        self.snoozed_until = until
+        self.snooze_reason = reason
         self.last_occurred_at = occurred_at
 
     def update(
@@ -312,6 +493,7 @@ class Deal(Aggregate):
         owner: Any = UNSET,
         account: Any = UNSET,
         product: Any = UNSET,
+        probability_override: Any = UNSET,
         actor: str,
         occurred_at: datetime,
         now: datetime,
@@ -328,6 +510,8 @@ class Deal(Aggregate):
             changes["account"] = check_optional_name(account, "account")
         if product is not UNSET:
             changes["product"] = check_optional_name(product, "product")
+        if probability_override is not UNSET:
+            changes["probability_override"] = check_probability_override(probability_override)
         new_owner = None if owner is UNSET else check_owner(owner)
         self.check_open()
         self.check_when(occurred_at, now)
@@ -370,7 +554,7 @@ class Deal(Aggregate):
             "id": str(self.id),
             "pipeline_id": str(self.pipeline_id),
             "title": self.title,
-            "value": str(self.value),
+            "value": format_money(self.value),
             "currency": pipeline.currency if pipeline else None,
             "owner": self.owner,
             "stage": {"id": self.stage_id, "name": stage_name},
@@ -381,6 +565,12 @@ class Deal(Aggregate):
             "external_id": self.external_id,
             "account": self.account,
             "product": self.product,
+            "probability_override": self.probability_override,
+            "probability": (
+                self.probability_override
+                if self.probability_override is not None
+                else (pipeline.probability_of(self.stage_id) if pipeline else None)
+            ),
             "lost_reason": self.lost_reason,
             "lost_note": self.lost_note,
             "created_at": self.created_at.isoformat(),

@@ -159,3 +159,43 @@ class Forbidden(DomainError):
 
     code = "forbidden"
     kind = "forbidden"
+
+
+class StageHasOpenDeals(RuleViolation):
+    """A stage with open deals cannot be removed unless they are moved elsewhere."""
+
+    code = "stage_has_open_deals"
+    default_field = "move_open_deals_to"
+
+
+class EntryRequirementsNotMet(RuleViolation):
+    """The target stage requires fields the deal does not have."""
+
+    code = "entry_requirements_not_met"
+
+
+class SkippingStagesNotAllowed(RuleViolation):
+    """The pipeline only lets deals advance to the next stage."""
+
+    code = "skipping_stages_not_allowed"
+    default_field = "stage"
+
+
+class MovingBackNotAllowed(RuleViolation):
+    """The pipeline does not let deals move back to an earlier stage."""
+
+    code = "moving_back_not_allowed"
+    default_field = "stage"
+
+
+class PipelineMismatch(RuleViolation):
+    """A deal cannot move between these pipelines (same pipeline, or another currency)."""
+
+    code = "pipeline_mismatch"
+    default_field = "pipeline_id"
+
+
+class ConcurrentModification(RuleViolation):
+    """Other commands kept changing the aggregate while this one was retried."""
+
+    code = "concurrent_modification"

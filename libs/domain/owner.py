@@ -71,6 +71,7 @@ class Owner(Aggregate):
         if (new_team, new_region) == (self.team, self.region):
             raise NothingToChange("owner is already in that team and region", field="team")
         self._team_assigned(
+            owner=self.name,
             team=new_team,
             region=new_region,
             previous_team=self.team,
@@ -82,6 +83,7 @@ class Owner(Aggregate):
     @event("TeamAssigned")
     def _team_assigned(
         self,
+        owner: str,
         team: str | None,
         region: str | None,
         previous_team: str | None,

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from eventsourcing.domain import Aggregate, event
 
-from libs.domain.errors import InvalidPipeline, UnknownLostReason, UnknownStage
+from libs.domain.errors import (
+    InvalidInput,
+    InvalidPipeline,
+    NothingToChange,
+    RuleViolation,
+    StageHasOpenDeals,
+    UnknownLostReason,
+    UnknownStage,
+)
 from libs.domain.values import (
     MAX_NAME_LENGTH,
+    UNSET,
     check_currency,
     check_occurred_at,
     check_text,
@@ -20,6 +29,8 @@ from libs.domain.values import (
 
 MAX_STAGES = 30
 MAX_LOST_REASONS = 50
+# Fields a stage may require before a deal enters it.
+REQUIREMENTS = ("value", "expected_close_date", "note")
 
 DEFAULT_STAGES: tuple[tuple[str, int], ...] = (
     ("Deal created", 10),
@@ -46,9 +57,22 @@ class Stage:
     name: str
     probability: int
     rotting_days: int | None = None
+    requires: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Stage:
+        return cls(
+            id=data["id"],
+            name=data["name"],
+            probability=data["probability"],
+            rotting_days=data.get("rotting_days"),
+            requires=tuple(data.get("requires") or ()),
+        )
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["requires"] = list(self.requires)
+        return data
 
 
 def default_template() -> dict[str, Any]:
@@ -59,42 +83,52 @@ def default_template() -> dict[str, Any]:
     }
 
 
-def _check_stage(raw: Mapping[str, Any], index: int, taken_ids: set[str]) -> Stage:
-    where = f"stages[{index}]"
+def check_probability(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+        raise InvalidPipeline(f"{field} must be a whole number from 0 to 100", field=field)
+    return value
+
+
+def check_rotting_days(value: Any, field: str) -> int | None:
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 3650
+    ):
+        raise InvalidPipeline(f"{field} must be a whole number of days from 1 to 3650", field=field)
+    return value
+
+
+def check_requires(value: Any, field: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple) or any(v not in REQUIREMENTS for v in value):
+        raise InvalidPipeline(f"{field} must be a list of: {', '.join(REQUIREMENTS)}", field=field)
+    return tuple(dict.fromkeys(value))
+
+
+def _check_stage(
+    raw: Mapping[str, Any], index: int, taken_ids: set[str], prefix: str | None = None
+) -> Stage:
+    """Check one stage; error fields start with ``prefix`` (default ``stages[index].``)."""
+    where = f"stages[{index}]." if prefix is None else prefix
     if not isinstance(raw, Mapping):
-        raise InvalidPipeline(f"{where} must be an object", field=where)
-    name = check_text(raw.get("name"), f"{where}.name", max_length=MAX_NAME_LENGTH)
-    probability = raw.get("probability")
-    if (
-        isinstance(probability, bool)
-        or not isinstance(probability, int)
-        or not (0 <= probability <= 100)
-    ):
-        raise InvalidPipeline(
-            f"{where}.probability must be a whole number from 0 to 100",
-            field=f"{where}.probability",
-        )
-    rotting = raw.get("rotting_days")
-    if rotting is not None and (
-        isinstance(rotting, bool) or not isinstance(rotting, int) or not 1 <= rotting <= 3650
-    ):
-        raise InvalidPipeline(
-            f"{where}.rotting_days must be a whole number of days from 1 to 3650",
-            field=f"{where}.rotting_days",
-        )
+        raise InvalidPipeline(f"{where[:-1]} must be an object", field=where[:-1])
+    name = check_text(raw.get("name"), f"{where}name", max_length=MAX_NAME_LENGTH)
+    probability = check_probability(raw.get("probability"), f"{where}probability")
+    rotting = check_rotting_days(raw.get("rotting_days"), f"{where}rotting_days")
+    requires = check_requires(raw.get("requires"), f"{where}requires")
     stage_id = raw.get("id") or slugify(name)
     if not isinstance(stage_id, str) or slugify(stage_id) != stage_id:
         raise InvalidPipeline(
-            f"{where}.id must be lower-case letters, digits and dashes",
-            field=f"{where}.id",
+            f"{where}id must be lower-case letters, digits and dashes",
+            field=f"{where}id",
         )
     if raw.get("id") and stage_id in taken_ids:
-        raise InvalidPipeline(f"{where}.id {stage_id!r} is used twice", field=f"{where}.id")
+        raise InvalidPipeline(f"{where}id {stage_id!r} is used twice", field=f"{where}id")
     base, n = stage_id, 2
     while stage_id in taken_ids:
         stage_id, n = f"{base}-{n}", n + 1
     taken_ids.add(stage_id)
-    return Stage(id=stage_id, name=name, probability=probability, rotting_days=rotting)
+    return Stage(stage_id, name, probability, rotting, requires)
 
 
 def check_stages(raw_stages: Any) -> list[Stage]:
@@ -137,7 +171,7 @@ def check_lost_reasons(raw_reasons: Any) -> list[str]:
 
 
 class Pipeline(Aggregate):
-    """A sales process: a currency, ordered stages, and the reasons deals are lost."""
+    """A sales process: a currency, ordered stages, lost reasons and the rules deals obey."""
 
     @event("PipelineDefined")
     def __init__(
@@ -148,12 +182,21 @@ class Pipeline(Aggregate):
         lost_reasons: list[str],
         actor: str,
         occurred_at: datetime,
+        allow_skipping_stages: bool = True,
+        allow_moving_back: bool = True,
+        stale_after_days: int | None = None,
     ) -> None:
         self.name = name
         self.currency = currency
-        self.stages = [Stage(**s) for s in stages]
+        self.stages = [Stage.from_dict(s) for s in stages]
+        self.removed_stages: list[Stage] = []
         self.lost_reasons = list(lost_reasons)
+        self.retired_lost_reasons: list[str] = []
+        self.allow_skipping_stages = allow_skipping_stages
+        self.allow_moving_back = allow_moving_back
+        self.stale_after_days = stale_after_days
         self.created_by = actor
+        self.defined_at = occurred_at
         self.last_occurred_at = occurred_at
 
     @classmethod
@@ -167,6 +210,9 @@ class Pipeline(Aggregate):
         actor: str,
         occurred_at: datetime,
         now: datetime,
+        allow_skipping_stages: Any = True,
+        allow_moving_back: Any = True,
+        stale_after_days: Any = None,
     ) -> Pipeline:
         """Check a definition and create the pipeline from it."""
         checked_name = check_text(name, "name", max_length=MAX_NAME_LENGTH)
@@ -181,6 +227,9 @@ class Pipeline(Aggregate):
             lost_reasons=checked_reasons,
             actor=actor,
             occurred_at=occurred_at,
+            allow_skipping_stages=_check_flag(allow_skipping_stages, "allow_skipping_stages"),
+            allow_moving_back=_check_flag(allow_moving_back, "allow_moving_back"),
+            stale_after_days=check_rotting_days(stale_after_days, "stale_after_days"),
         )
 
     # --- queries used by the Deal's rules -------------------------------------------
@@ -190,7 +239,7 @@ class Pipeline(Aggregate):
         return self.stages[0]
 
     def stage(self, ref: Any) -> Stage:
-        """Find a stage by id, or by name ignoring case; raise UnknownStage otherwise."""
+        """Find a current stage by id, or by name ignoring case; raise UnknownStage otherwise."""
         if isinstance(ref, str):
             for stage in self.stages:
                 if stage.id == ref:
@@ -199,34 +248,356 @@ class Pipeline(Aggregate):
                 if stage.name.casefold() == ref.strip().casefold():
                     return stage
         known = ", ".join(repr(s.name) for s in self.stages)
+        removed = [s for s in self.removed_stages if ref in (s.id, s.name)]
+        why = " (it was removed)" if removed else ""
         raise UnknownStage(
-            f"stage {ref!r} is not in pipeline {self.name!r} (stages: {known})",
+            f"stage {ref!r} is not in pipeline {self.name!r}{why} (stages: {known})",
             details={"stages": [s.id for s in self.stages]},
         )
 
     def position_of(self, stage_id: str) -> int:
+        """Index of a current stage; -1 for a removed or unknown one."""
         for i, stage in enumerate(self.stages):
             if stage.id == stage_id:
                 return i
         return -1
 
     def stage_name(self, stage_id: str) -> str:
-        for stage in self.stages:
+        """The stage's name now (or its last name, if it was removed)."""
+        for stage in (*self.stages, *self.removed_stages):
             if stage.id == stage_id:
                 return stage.name
         return stage_id
 
+    def probability_of(self, stage_id: str) -> int:
+        for stage in (*self.stages, *self.removed_stages):
+            if stage.id == stage_id:
+                return stage.probability
+        return 0
+
     def check_lost_reason(self, reason: Any) -> str:
-        """Return the pipeline's spelling of ``reason``; raise if it is not on the list."""
+        """Return the pipeline's spelling of ``reason``; raise if it is not an active one."""
         if isinstance(reason, str):
             for known in self.lost_reasons:
                 if known.casefold() == reason.strip().casefold():
                     return known
+            for retired in self.retired_lost_reasons:
+                if retired.casefold() == reason.strip().casefold():
+                    raise UnknownLostReason(
+                        f"lost reason {retired!r} is retired and cannot be chosen for new losses",
+                        details={"lost_reasons": list(self.lost_reasons)},
+                    )
         raise UnknownLostReason(
             f"reason {reason!r} is not one of the pipeline's lost reasons; "
             "put free text in the note",
             details={"lost_reasons": list(self.lost_reasons)},
         )
+
+    def check_when(self, occurred_at: datetime, now: datetime) -> None:
+        check_occurred_at(occurred_at, now=now, previous=self.last_occurred_at)
+
+    # --- changes ----------------------------------------------------------------------
+
+    def add_stage(
+        self,
+        *,
+        name: Any,
+        probability: Any,
+        rotting_days: Any = None,
+        requires: Any = None,
+        index: Any = None,
+        stage_id: Any = None,
+        actor: str,
+        occurred_at: datetime,
+        now: datetime,
+    ) -> Stage:
+        """Insert a stage at ``index`` (default: last); its id must be new to this pipeline."""
+        if len(self.stages) >= MAX_STAGES:
+            raise InvalidPipeline(f"a pipeline has at most {MAX_STAGES} stages", field="stages")
+        if index is None:
+            index = len(self.stages)
+        if (
+            isinstance(index, bool)
+            or not isinstance(index, int)
+            or not 0 <= index <= len(self.stages)
+        ):
+            raise InvalidInput(
+                f"position must be a whole number from 0 to {len(self.stages)}", field="position"
+            )
+        taken = {s.id for s in (*self.stages, *self.removed_stages)}
+        raw = {
+            "name": name,
+            "probability": probability,
+            "rotting_days": rotting_days,
+            "requires": requires,
+            "id": stage_id,
+        }
+        stage = _check_stage(raw, index, taken, prefix="")  # fields of the request body
+        self._check_unique_name(stage.name, except_id=None)
+        self.check_when(occurred_at, now)
+        self._stage_added(stage=stage.as_dict(), index=index, actor=actor, occurred_at=occurred_at)
+        return stage
+
+    @event("StageAdded")
+    def _stage_added(
+        self, stage: dict[str, Any], index: int, actor: str, occurred_at: datetime
+    ) -> None:
+        self.stages.insert(index, Stage.from_dict(stage))
+        self.last_occurred_at = occurred_at
+
+    def rename_stage(
+        self, stage: Any, *, name: Any, actor: str, occurred_at: datetime, now: datetime
+    ) -> None:
+        target = self.stage(stage)
+        new_name = check_text(name, "name", max_length=MAX_NAME_LENGTH)
+        if new_name == target.name:
+            raise NothingToChange(f"stage is already named {new_name!r}", field="name")
+        self._check_unique_name(new_name, except_id=target.id)
+        self.check_when(occurred_at, now)
+        self._stage_renamed(
+            stage_id=target.id,
+            from_name=target.name,
+            to_name=new_name,
+            actor=actor,
+            occurred_at=occurred_at,
+        )
+
+    @event("StageRenamed")
+    def _stage_renamed(
+        self, stage_id: str, from_name: str, to_name: str, actor: str, occurred_at: datetime
+    ) -> None:
+        self.stages = [replace(s, name=to_name) if s.id == stage_id else s for s in self.stages]
+        self.last_occurred_at = occurred_at
+
+    def update_stage(
+        self,
+        stage: Any,
+        *,
+        probability: Any = UNSET,
+        rotting_days: Any = UNSET,
+        requires: Any = UNSET,
+        actor: str,
+        occurred_at: datetime,
+        now: datetime,
+    ) -> None:
+        """Change a stage's win probability, rotting threshold or entry requirements."""
+        target = self.stage(stage)
+        changes: dict[str, Any] = {}
+        if probability is not UNSET:
+            changes["probability"] = check_probability(probability, "probability")
+        if rotting_days is not UNSET:
+            changes["rotting_days"] = check_rotting_days(rotting_days, "rotting_days")
+        if requires is not UNSET:
+            changes["requires"] = list(check_requires(requires, "requires"))
+        current = target.as_dict()
+        changes = {k: v for k, v in changes.items() if current[k] != v}
+        if not changes:
+            raise NothingToChange("the update changes nothing", field="body")
+        self.check_when(occurred_at, now)
+        self._stage_updated(
+            stage_id=target.id,
+            changes=changes,
+            previous={k: current[k] for k in changes},
+            actor=actor,
+            occurred_at=occurred_at,
+        )
+
+    @event("StageUpdated")
+    def _stage_updated(
+        self,
+        stage_id: str,
+        changes: dict[str, Any],
+        previous: dict[str, Any],
+        actor: str,
+        occurred_at: datetime,
+    ) -> None:
+        updated = []
+        for s in self.stages:
+            if s.id == stage_id:
+                s = Stage.from_dict({**s.as_dict(), **changes})
+            updated.append(s)
+        self.stages = updated
+        self.last_occurred_at = occurred_at
+
+    def reorder_stages(
+        self, order: Any, *, actor: str, occurred_at: datetime, now: datetime
+    ) -> None:
+        """Put the current stages in a new order; ``order`` lists every stage id once."""
+        current = [s.id for s in self.stages]
+        if not isinstance(order, list) or sorted(map(str, order)) != sorted(current):
+            raise InvalidInput(
+                f"stage_order must list each of the current stage ids once: {current}",
+                field="stage_order",
+            )
+        if order == current:
+            raise NothingToChange("the stages are already in that order", field="stage_order")
+        self.check_when(occurred_at, now)
+        self._stages_reordered(
+            order=list(order), previous_order=current, actor=actor, occurred_at=occurred_at
+        )
+
+    @event("StagesReordered")
+    def _stages_reordered(
+        self, order: list[str], previous_order: list[str], actor: str, occurred_at: datetime
+    ) -> None:
+        by_id = {s.id: s for s in self.stages}
+        self.stages = [by_id[i] for i in order]
+        self.last_occurred_at = occurred_at
+
+    def remove_stage(
+        self,
+        stage: Any,
+        *,
+        open_deals: int,
+        move_open_deals_to: Any = None,
+        actor: str,
+        occurred_at: datetime,
+        now: datetime,
+    ) -> Stage | None:
+        """Retire a stage; its open deals must be moved to another stage in the same change.
+
+        Returns the stage the open deals move to (None when there were none to move).
+        """
+        target = self.stage(stage)
+        if len(self.stages) == 1:
+            raise RuleViolation("the last stage of a pipeline cannot be removed")
+        destination = None
+        if move_open_deals_to is not None:
+            try:
+                destination = self.stage(move_open_deals_to)
+            except UnknownStage as exc:
+                details = {k: v for k, v in exc.details.items() if k != "field"}
+                raise UnknownStage(
+                    exc.message, field="move_open_deals_to", details=details
+                ) from None
+            if destination.id == target.id:
+                raise InvalidInput(
+                    "move_open_deals_to must be another stage", field="move_open_deals_to"
+                )
+        if open_deals and destination is None:
+            raise StageHasOpenDeals(
+                f"stage {target.name!r} has {open_deals} open deal(s); name a "
+                "move_open_deals_to stage to move them as part of the removal",
+                details={"open_deals": open_deals},
+            )
+        self.check_when(occurred_at, now)
+        self._stage_removed(
+            stage_id=target.id,
+            stage_name=target.name,
+            move_open_deals_to=destination.id if destination else None,
+            moved_deals=open_deals,
+            actor=actor,
+            occurred_at=occurred_at,
+        )
+        return destination if open_deals else None
+
+    @event("StageRemoved")
+    def _stage_removed(
+        self,
+        stage_id: str,
+        stage_name: str,
+        move_open_deals_to: str | None,
+        moved_deals: int,
+        actor: str,
+        occurred_at: datetime,
+    ) -> None:
+        self.removed_stages += [s for s in self.stages if s.id == stage_id]
+        self.stages = [s for s in self.stages if s.id != stage_id]
+        self.last_occurred_at = occurred_at
+
+    def add_lost_reason(
+        self, reason: Any, *, actor: str, occurred_at: datetime, now: datetime
+    ) -> None:
+        """Add a lost reason, or bring a retired one back."""
+        text = check_text(reason, "reason", max_length=MAX_NAME_LENGTH)
+        if any(r.casefold() == text.casefold() for r in self.lost_reasons):
+            raise NothingToChange(f"lost reason {text!r} is already listed", field="reason")
+        if len(self.lost_reasons) >= MAX_LOST_REASONS:
+            raise InvalidPipeline(
+                f"a pipeline has at most {MAX_LOST_REASONS} lost reasons", field="reason"
+            )
+        for retired in self.retired_lost_reasons:
+            if retired.casefold() == text.casefold():
+                text = retired
+        self.check_when(occurred_at, now)
+        self._lost_reason_added(reason=text, actor=actor, occurred_at=occurred_at)
+
+    @event("LostReasonAdded")
+    def _lost_reason_added(self, reason: str, actor: str, occurred_at: datetime) -> None:
+        self.lost_reasons.append(reason)
+        self.retired_lost_reasons = [r for r in self.retired_lost_reasons if r != reason]
+        self.last_occurred_at = occurred_at
+
+    def retire_lost_reason(
+        self, reason: Any, *, actor: str, occurred_at: datetime, now: datetime
+    ) -> None:
+        """Stop offering a lost reason; past losses keep it."""
+        known = self.check_lost_reason(reason)
+        if len(self.lost_reasons) == 1:
+            raise RuleViolation("the last active lost reason cannot be retired")
+        self.check_when(occurred_at, now)
+        self._lost_reason_retired(reason=known, actor=actor, occurred_at=occurred_at)
+
+    @event("LostReasonRetired")
+    def _lost_reason_retired(self, reason: str, actor: str, occurred_at: datetime) -> None:
+        self.lost_reasons = [r for r in self.lost_reasons if r != reason]
+        self.retired_lost_reasons.append(reason)
+        self.last_occurred_at = occurred_at
+
+    def rename(self, name: Any, *, actor: str, occurred_at: datetime, now: datetime) -> None:
+        new_name = check_text(name, "name", max_length=MAX_NAME_LENGTH)
+        if new_name == self.name:
+            raise NothingToChange(f"pipeline is already named {new_name!r}", field="name")
+        self.check_when(occurred_at, now)
+        self._renamed(from_name=self.name, to_name=new_name, actor=actor, occurred_at=occurred_at)
+
+    @event("PipelineRenamed")
+    def _renamed(self, from_name: str, to_name: str, actor: str, occurred_at: datetime) -> None:
+        self.name = to_name
+        self.last_occurred_at = occurred_at
+
+    def change_rules(
+        self,
+        *,
+        allow_skipping_stages: Any = UNSET,
+        allow_moving_back: Any = UNSET,
+        stale_after_days: Any = UNSET,
+        actor: str,
+        occurred_at: datetime,
+        now: datetime,
+    ) -> None:
+        changes: dict[str, Any] = {}
+        if allow_skipping_stages is not UNSET:
+            changes["allow_skipping_stages"] = _check_flag(
+                allow_skipping_stages, "allow_skipping_stages"
+            )
+        if allow_moving_back is not UNSET:
+            changes["allow_moving_back"] = _check_flag(allow_moving_back, "allow_moving_back")
+        if stale_after_days is not UNSET:
+            changes["stale_after_days"] = check_rotting_days(stale_after_days, "stale_after_days")
+        changes = {k: v for k, v in changes.items() if getattr(self, k) != v}
+        if not changes:
+            raise NothingToChange("the update changes nothing", field="body")
+        self.check_when(occurred_at, now)
+        self._rules_changed(
+            changes=changes,
+            previous={k: getattr(self, k) for k in changes},
+            actor=actor,
+            occurred_at=occurred_at,
+        )
+
+    @event("PipelineRulesChanged")
+    def _rules_changed(
+        self, changes: dict[str, Any], previous: dict[str, Any], actor: str, occurred_at: datetime
+    ) -> None:
+        for key, value in changes.items():
+            setattr(self, key, value)
+        self.last_occurred_at = occurred_at
+
+    def _check_unique_name(self, name: str, except_id: str | None) -> None:
+        for s in self.stages:
+            if s.id != except_id and s.name.casefold() == name.casefold():
+                raise InvalidPipeline(f"stage name {name!r} is already used", field="name")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -234,7 +605,18 @@ class Pipeline(Aggregate):
             "name": self.name,
             "currency": self.currency,
             "stages": [s.as_dict() for s in self.stages],
+            "removed_stages": [s.as_dict() for s in self.removed_stages],
             "lost_reasons": list(self.lost_reasons),
+            "retired_lost_reasons": list(self.retired_lost_reasons),
+            "allow_skipping_stages": self.allow_skipping_stages,
+            "allow_moving_back": self.allow_moving_back,
+            "stale_after_days": self.stale_after_days,
             "version": self.version,
-            "created_at": self.created_on.isoformat(),
+            "created_at": self.defined_at.isoformat(),
         }
+
+
+def _check_flag(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{field} must be true or false", field=field)
+    return value

@@ -6,7 +6,7 @@ import re
 import unicodedata
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Final
 
 from libs.domain.errors import (
     InvalidInput,
@@ -14,6 +14,16 @@ from libs.domain.errors import (
     OccurredBeforePrevious,
     OccurredInFuture,
 )
+
+
+class _Unset:
+    """Marks an argument that was not given (distinct from None, which clears a field)."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = _Unset()
 
 # ISO 4217 codes in circulation (funds and precious metals left out on purpose: a
 # sales pipeline is priced in a currency someone can invoice in).
@@ -67,9 +77,10 @@ def check_money(value: Any, field: str = "value") -> Decimal:
         raise NegativeValue(f"{field} must not be negative, got {amount}", field=field)
     if amount > MAX_VALUE:
         raise InvalidInput(f"{field} must not exceed {MAX_VALUE}", field=field)
+    exponent = amount.as_tuple().exponent
     if amount == 0:
         amount = Decimal(0)  # no "-0"
-    elif isinstance(amount.as_tuple().exponent, int) and amount.as_tuple().exponent > 0:
+    elif isinstance(exponent, int) and exponent > 0:
         amount = amount.quantize(Decimal(1))  # "1E+3" is stored and shown as "1000"
     exponent = amount.as_tuple().exponent
     if isinstance(exponent, int) and exponent < -MAX_VALUE_DECIMALS:
@@ -77,6 +88,13 @@ def check_money(value: Any, field: str = "value") -> Decimal:
             f"{field} has more than {MAX_VALUE_DECIMALS} decimal places", field=field
         )
     return amount
+
+
+def format_money(amount: Decimal) -> str:
+    """Canonical text of an amount: at least two decimals, no trailing zeros beyond them."""
+    text = format(amount.normalize(), "f")
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(2, '0')}"
 
 
 def check_text(value: Any, field: str, *, max_length: int, required: bool = True) -> str:

@@ -884,7 +884,7 @@ def test_as_dict_reflects_the_state_after_a_loss(pipeline, lost_deal):
 
     assert data["status"] == LOST
     assert data["stage"] == {"id": "negotiation", "name": "Negotiation"}
-    assert data["value"] == "12000"
+    assert data["value"] == "12000.00"
     assert data["currency"] == "EUR"
     assert data["lost_reason"] == "Price"
     assert data["lost_note"] == "they went with a cheaper tool"

@@ -473,6 +473,7 @@ def test_as_dict_shows_the_pipeline_as_simple_types():
         "name": "Deal created",
         "probability": 10,
         "rotting_days": None,
+        "requires": [],
     }
     assert data["lost_reasons"] == pipeline.lost_reasons
     assert data["version"] == 1
