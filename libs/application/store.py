@@ -79,7 +79,8 @@ class StoreLocation:
             "POSTGRES_PASSWORD": self.password,
             "POSTGRES_POOL_SIZE": str(pool_size),
             "POSTGRES_MAX_OVERFLOW": str(pool_size),
-            "POSTGRES_CONNECT_TIMEOUT": "5",
+            # Also how long a command waits for a free pooled connection.
+            "POSTGRES_CONNECT_TIMEOUT": "2",
             "POSTGRES_PRE_PING": "y",
             "CREATE_TABLE": "y",
         }

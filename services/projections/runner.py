@@ -1,0 +1,302 @@
+"""The projection worker: follows the event log and keeps every read model up to date.
+
+One worker loop serves a group of projections. It reads a batch of events once, decodes
+it once, and applies it to each projection in that projection's own transaction together
+with its new position. On PostgreSQL it wakes on the store's NOTIFY and holds a
+session-level advisory lock per projection, so that a second worker process stands by and
+takes over when the first one dies. On SQLite it polls, and an in-process command wakes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from libs.application.app import DealtrailApplication
+from libs.application.records import EventRecord, decode
+from libs.application.store import StoreLocation
+from services.projections.analytics import Analytics
+from services.projections.audit_history import AuditHistory
+from services.projections.base import (
+    Projection,
+    State,
+    create_state_table,
+    lock_state,
+    projection_state,
+    read_states,
+)
+from services.projections.current_pipeline import CurrentPipeline
+from services.projections.stage_durations import StageDurations
+
+log = logging.getLogger("dealtrail.projections")
+
+DEFAULT_BATCH_SIZE = 500
+POLL_SECONDS = 0.2
+LOCK_RETRY_SECONDS = 1.0
+
+
+def all_projections() -> list[Projection]:
+    """Every read model, in the order they are built."""
+    return [CurrentPipeline(), StageDurations(), AuditHistory(), Analytics()]
+
+
+def projections_named(names: Sequence[str]) -> list[Projection]:
+    known = {p.name: p for p in all_projections()}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise KeyError(f"unknown projection(s): {', '.join(unknown)}; known: {', '.join(known)}")
+    return [known[n] for n in names] if names else list(known.values())
+
+
+class EventSource:
+    """Reads and decodes the event store's notification log (blocking calls)."""
+
+    def __init__(self, app: DealtrailApplication) -> None:
+        self.app = app
+
+    def read(self, after: int, limit: int, stop: int | None = None) -> list[EventRecord]:
+        notifications = self.app.recorder.select_notifications(
+            after + 1, limit, stop=stop, inclusive_of_start=True
+        )
+        return [decode(self.app.mapper, n) for n in notifications]
+
+    def head(self) -> int:
+        return self.app.head_position()
+
+    @property
+    def channel(self) -> str | None:
+        return getattr(self.app.recorder, "channel_name", None)
+
+
+def unknown_count(projection: Projection, records: Sequence[EventRecord]) -> int:
+    if getattr(projection, "records_unknown", False):
+        return 0
+    known = projection.handles | getattr(projection, "ignores", frozenset())
+    return sum(1 for r in records if r.event_type not in known)
+
+
+async def ensure_projection(engine: AsyncEngine, projection: Projection) -> State:
+    """Create the state row and the active generation's tables if missing."""
+    async with engine.begin() as conn:
+        states = await read_states(conn, [projection.name])
+        state = states.get(projection.name)
+        if state is None:
+            await conn.execute(
+                insert(projection_state).values(
+                    name=projection.name, generation=1, position=0, skipped=0
+                )
+            )
+            state = State(projection.name, 1, 0)
+        await projection.create_tables(conn, state.generation)
+        return state
+
+
+async def apply_batch(
+    engine: AsyncEngine, projection: Projection, records: Sequence[EventRecord]
+) -> int:
+    """Apply the part of ``records`` after the projection's position; return new position.
+
+    The state row is locked first, so two workers never apply the same events twice.
+    """
+    async with engine.begin() as conn:
+        state = await lock_state(conn, projection.name)
+        todo = [r for r in records if r.position > state.position]
+        if not todo:
+            return state.position
+        await projection.apply(conn, projection.tables(state.generation), todo)
+        new_position = todo[-1].position
+        await conn.execute(
+            update(projection_state)
+            .where(projection_state.c.name == projection.name)
+            .values(position=new_position, skipped=state.skipped + unknown_count(projection, todo))
+        )
+        return new_position
+
+
+def advisory_key(location: StoreLocation, name: str) -> int:
+    digest = hashlib.sha256(f"dealtrail:{location.schema}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@dataclass
+class Worker:
+    """Keeps a group of projections caught up with the log until stopped."""
+
+    engine: AsyncEngine
+    source: EventSource
+    location: StoreLocation
+    projections: list[Projection] = field(default_factory=all_projections)
+    batch_size: int = DEFAULT_BATCH_SIZE
+    poll_seconds: float = POLL_SECONDS
+    use_advisory_locks: bool = True
+    on_error: Callable[[BaseException], None] | None = None
+
+    def __post_init__(self) -> None:
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._held: set[str] = set()
+        self._lock_conn: Any = None
+        self.positions: dict[str, int] = {}
+
+    # --- control --------------------------------------------------------------------
+
+    def poke(self) -> None:
+        """Wake the worker now; safe to call from any thread."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._wake.set)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    @property
+    def held(self) -> set[str]:
+        return set(self._held)
+
+    async def setup(self) -> None:
+        await create_state_table(self.engine)
+        for projection in self.projections:
+            state = await ensure_projection(self.engine, projection)
+            self.positions[projection.name] = state.position
+
+    # --- main loop ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Follow the log until :meth:`stop`; survives database outages."""
+        self._loop = asyncio.get_running_loop()
+        listener: Any = None
+        try:
+            while not self._stopping.is_set():
+                try:
+                    if self.location.is_postgres and self.use_advisory_locks:
+                        listener = await self._ensure_lock_connection(listener)
+                    active = self._active_projections()
+                    progressed = await self.step(active) if active else 0
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a worker must outlive outages
+                    log.warning("projection worker: %s; retrying", exc)
+                    if self.on_error is not None:
+                        self.on_error(exc)
+                    await self._drop_lock_connection()
+                    listener = None
+                    await self._sleep(LOCK_RETRY_SECONDS)
+                    continue
+                if not progressed:
+                    standby = self.location.is_postgres and self.use_advisory_locks
+                    waiting_for_lock = standby and len(self._held) < len(self.projections)
+                    await self._sleep(LOCK_RETRY_SECONDS if waiting_for_lock else self.poll_seconds)
+        finally:
+            await self._drop_lock_connection()
+
+    def _active_projections(self) -> list[Projection]:
+        if self.location.is_postgres and self.use_advisory_locks:
+            return [p for p in self.projections if p.name in self._held]
+        return list(self.projections)
+
+    async def step(self, projections: Sequence[Projection] | None = None) -> int:
+        """Process one batch for the given projections; return how many events were read."""
+        projections = list(projections if projections is not None else self.projections)
+        async with self.engine.connect() as conn:
+            states = await read_states(conn, [p.name for p in projections])
+        start = min(states[p.name].position for p in projections)
+        records = await asyncio.to_thread(self.source.read, start, self.batch_size)
+        if not records:
+            return 0
+        for projection in projections:
+            self.positions[projection.name] = await apply_batch(self.engine, projection, records)
+        return len(records)
+
+    async def catch_up(self, projections: Sequence[Projection] | None = None) -> None:
+        """Process batches until every given projection has reached the current head."""
+        while await self.step(projections):
+            pass
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        self._wake.clear()
+
+    # --- PostgreSQL: advisory locks and LISTEN -------------------------------------------
+
+    async def _ensure_lock_connection(self, listener: Any) -> Any:
+        import asyncpg
+
+        conn = self._lock_conn
+        if conn is None or conn.is_closed():
+            self._held.clear()
+            loc = self.location
+            conn = await asyncpg.connect(
+                host=loc.host,
+                port=loc.port,
+                user=loc.user,
+                password=loc.password or None,
+                database=loc.dbname,
+                timeout=5,
+            )
+            self._lock_conn = conn
+            channel = self.source.channel
+            if channel:
+                await conn.add_listener(channel, lambda *_: self._wake.set())
+        for projection in self.projections:
+            if projection.name in self._held:
+                continue
+            key = advisory_key(self.location, projection.name)
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+                self._held.add(projection.name)
+                log.info("projection %s: this worker took the lock", projection.name)
+        return conn
+
+    async def _drop_lock_connection(self) -> None:
+        conn, self._lock_conn = self._lock_conn, None
+        self._held.clear()
+        if conn is not None and not conn.is_closed():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), timeout=2)
+
+
+async def projection_status(engine: AsyncEngine, source: EventSource) -> list[dict[str, Any]]:
+    """Per projection: generation, position, head of the log, lag and skipped events."""
+    await create_state_table(engine)
+    head = await asyncio.to_thread(source.head)
+    async with engine.connect() as conn:
+        states = await read_states(conn)
+    out = []
+    for projection in all_projections():
+        state = states.get(projection.name)
+        position = state.position if state else 0
+        out.append(
+            {
+                "name": projection.name,
+                "generation": state.generation if state else None,
+                "position": position,
+                "head": head,
+                "lag": head - position,
+                "skipped": state.skipped if state else 0,
+                "rebuilding": state.building_generation if state else None,
+            }
+        )
+    return out
+
+
+async def read_position(engine: AsyncEngine, name: str) -> State | None:
+    async with engine.connect() as conn:
+        row = (
+            (await conn.execute(select(projection_state).where(projection_state.c.name == name)))
+            .mappings()
+            .first()
+        )
+    if row is None:
+        return None
+    return State(row["name"], row["generation"], row["position"], row["skipped"])
