@@ -1,0 +1,66 @@
+"""Owners: the team and region each sales rep belongs to, as it changes over time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+from starlette.concurrency import run_in_threadpool
+
+from services.pipeline_api.deps import CurrentPrincipal, IdempotencyKey, PipelineApp, ServicesDep
+from services.pipeline_api.errors import ERROR_RESPONSES
+from services.pipeline_api.readmodels import MinPosition, ReadModelsDep
+from services.pipeline_api.schemas import OwnerTeam
+from services.projections import analytics
+
+router = APIRouter(prefix="/v1/owners", tags=["owners"], responses=ERROR_RESPONSES)
+
+
+@router.put("/{owner}", dependencies=[IdempotencyKey])
+async def set_team(
+    owner: str,
+    body: OwnerTeam,
+    app: PipelineApp,
+    principal: CurrentPrincipal,
+    response: Response,
+) -> dict[str, Any]:
+    """Set an owner's team and region from `occurred_at` on (admins only)."""
+    result = await run_in_threadpool(
+        lambda: app.assign_team(
+            actor=principal,
+            owner=owner,
+            team=body.team,
+            region=body.region,
+            occurred_at=body.occurred_at,
+        )
+    )
+    response.headers["ETag"] = f'"{result.version}"'
+    return {**result.state, "position": result.position}
+
+
+@router.get("")
+async def list_owners(
+    principal: CurrentPrincipal,
+    services: ServicesDep,
+    models: ReadModelsDep,
+    min_position: MinPosition = None,
+) -> dict[str, Any]:
+    """Every owner with a team or region, as they are now, with their history."""
+    now = services.clock()
+    async with models.open("analytics", min_position) as view:
+        history = await analytics.memberships(view.conn, view.tables)
+        position = view.position
+    data = []
+    for owner in sorted(history):
+        team, region = analytics.membership_at(history, owner, now)
+        data.append(
+            {
+                "owner": owner,
+                "team": team,
+                "region": region,
+                "history": [
+                    {"from": f.isoformat(), "team": t, "region": r} for f, _, t, r in history[owner]
+                ],
+            }
+        )
+    return {"data": data, "position": position}

@@ -1,0 +1,73 @@
+"""Reports, one route each, from the read models; JSON, or CSV with ``Accept: text/csv``."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import JSONResponse, Response
+
+from services.pipeline_api.deps import CurrentPrincipal, ServicesDep
+from services.pipeline_api.errors import ERROR_RESPONSES, ApiError
+from services.pipeline_api.readmodels import MinPosition, ReadModelsDep
+from services.pipeline_api.routers.deal_queries import aware
+from services.reports import ReportContext, ReportFn, ReportParams
+from services.reports.sales import REPORTS
+
+router = APIRouter(prefix="/v1/reports", tags=["reports"], responses=ERROR_RESPONSES)
+
+CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/json": {}, "text/csv": {}}, "description": "The report"}
+}
+
+
+def _route(name: str, fn: ReportFn) -> Callable[..., Awaitable[Response]]:
+    async def report(
+        principal: CurrentPrincipal,
+        services: ServicesDep,
+        models: ReadModelsDep,
+        pipeline_id: UUID | None = None,
+        from_: Annotated[
+            datetime | None, Query(alias="from", description="period start (occurred_at)")
+        ] = None,
+        to: Annotated[datetime | None, Query(description="period end, exclusive")] = None,
+        owner: str | None = None,
+        team: str | None = None,
+        min_position: MinPosition = None,
+        accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+    ) -> Response:
+        start, end = aware(from_, "from"), aware(to, "to")
+        if start and end and start >= end:
+            raise ApiError(422, "from must be before to", details={"field": "from"})
+        params = ReportParams(pipeline_id, start, end, owner, team, min_position)
+        result = await fn(ReportContext(models, services.clock), params)
+        if accept and "text/csv" in accept:
+            return Response(
+                result.as_csv(),
+                media_type="text/csv; charset=utf-8",
+                headers={
+                    "Content-Disposition": f'attachment; filename="{name}.csv"',
+                    "X-Position": str(result.position),
+                },
+            )
+        return JSONResponse(result.as_json())
+
+    report.__name__ = f"report_{name.replace('-', '_')}"
+    report.__doc__ = fn.__doc__
+    return report
+
+
+for _name, _fn in REPORTS.items():
+    router.add_api_route(
+        f"/{_name}",
+        _route(_name, _fn),
+        methods=["GET"],
+        summary=f"Report: {_name}",
+        description=(_fn.__doc__ or "")
+        + "\n\nAll reports accept `pipeline_id`, `from`, `to` (on business time), `owner`, "
+        "`team`, `min_position`; send `Accept: text/csv` for the rows as CSV.",
+        responses=CSV_RESPONSE,
+    )
