@@ -1,0 +1,77 @@
+"""``dealtrail export events``: the event log as JSON Lines, for auditors and archives."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from services.exporter.events import export_bounds, export_to_path, write_events
+from services.pipeline_api.bootstrap import open_application
+from services.pipeline_api.settings import Settings
+from services.progress import Progress
+
+
+def _position(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("positions start at 1")
+    return value
+
+
+def _export_events(args: argparse.Namespace, settings: Settings) -> int:
+    app = open_application(settings)
+    try:
+        start, stop = export_bounds(app, args.from_position, args.to_position)
+        total = max(0, stop - start + 1)
+        with Progress(total, label="export events", unit="events", enabled=not args.quiet) as bar:
+
+            def write(out: TextIO) -> int:
+                return write_events(
+                    app, out, from_position=start, to_position=stop, progress=bar.update
+                )
+
+            if args.output and args.output != "-":
+                count = export_to_path(Path(args.output), write)
+            else:
+                count = write(sys.stdout)
+    except BrokenPipeError:
+        return 1
+    finally:
+        app.close()
+    where = args.output if args.output and args.output != "-" else "standard output"
+    print(f"exported {count} event(s), positions {start} to {stop}, to {where}", file=sys.stderr)
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``export events`` to the ``dealtrail`` parser."""
+    parser = commands.add_parser("export", help="export the event log", description=__doc__)
+    kinds = parser.add_subparsers(dest="export_kind", required=True, metavar="WHAT")
+    events = kinds.add_parser(
+        "events",
+        help="every event as JSON Lines, in position order",
+        description=(
+            "Write the event log as JSON Lines (one event a line: position, aggregate_id, "
+            "aggregate_type, type, version, actor, occurred_at, recorded_at, payload), "
+            "streaming, in position order. Progress goes to stderr."
+        ),
+    )
+    events.add_argument("--from-position", type=_position, default=1, metavar="N")
+    events.add_argument(
+        "--to-position",
+        type=_position,
+        default=None,
+        metavar="M",
+        help="last position to export (default: the newest event when the export starts)",
+    )
+    events.add_argument(
+        "--output", "-o", default=None, metavar="FILE", help="write here instead of stdout"
+    )
+    events.add_argument("--quiet", action="store_true", help="no progress display")
+    events.set_defaults(handler=_export_events)
+
+    from services.reports.cli import add_report_command
+
+    add_report_command(kinds)
