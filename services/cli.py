@@ -44,6 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(handler=_serve)
+
+    from services.projections.cli import register as register_projections
+
+    register_projections(commands)
+
+    from services import demo, exporter, importer
+
+    importer.register(commands)
+    exporter.register(commands)
+    demo.register(commands)
     return parser
 
 

@@ -13,8 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from libs.application.app import Clock, DealtrailApplication, utc_now
 from libs.application.sql import ensure_schema, make_engine
 from services.pipeline_api.auth import KeyRing, build_keyring
+from services.pipeline_api.breaker import StoreBreaker
 from services.pipeline_api.idempotency import IdempotencyStore
 from services.pipeline_api.settings import Settings
+from services.projections.reading import ReadModels
+from services.projections.runner import EventSource, Worker
 
 log = logging.getLogger("dealtrail")
 
@@ -29,6 +32,9 @@ class Services:
     idempotency: IdempotencyStore
     keyring: KeyRing
     clock: Clock
+    read_models: ReadModels
+    breaker: StoreBreaker
+    worker: Worker | None = None
     generated_admin_token: str | None = None
     background: list[Any] = field(default_factory=list)
 
@@ -72,16 +78,40 @@ async def bootstrap(settings: Settings, clock: Clock = utc_now) -> Services:
         await ensure_schema(engine, settings.store)
         idempotency = IdempotencyStore(engine, timedelta(hours=settings.idempotency_ttl_hours))
         await idempotency.create_tables()
+        worker = Worker(engine=engine, source=EventSource(app), location=settings.store)
+        await worker.setup()  # read-model tables exist even when the worker runs elsewhere
     except BaseException:
         await engine.dispose()
         await asyncio.to_thread(app.close)
         raise
-    return Services(
+    services = Services(
         settings=settings,
         app=app,
         engine=engine,
         idempotency=idempotency,
         keyring=keyring,
         clock=clock,
+        read_models=ReadModels(engine, settings.read_wait_seconds),
+        breaker=StoreBreaker(settings.store),
         generated_admin_token=generated,
     )
+    if settings.embedded_worker:
+        start_embedded_worker(services, worker)
+    return services
+
+
+def start_embedded_worker(services: Services, worker: Worker) -> None:
+    """Run the projection worker inside this process, woken by every local command."""
+    worker.on_error = lambda _exc: services.breaker.trip()
+    task = asyncio.create_task(worker.run(), name="projection-worker")
+    services.worker = worker
+    services.app.on_saved.append(lambda _position: worker.poke())
+
+    async def stop() -> None:
+        worker.stop()
+        try:
+            await asyncio.wait_for(task, timeout=10)
+        except (TimeoutError, asyncio.CancelledError):
+            task.cancel()
+
+    services.background.append(stop)

@@ -25,7 +25,22 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_application(services: ServicesDep) -> DealtrailApplication:
+async def reachable_services(services: ServicesDep) -> Services:
+    """The services, after checking the database is back if it was recently down."""
+    if not await services.breaker.reachable():
+        raise ApiError(
+            503,
+            "the database is unreachable; retry shortly",
+            code="database_unavailable",
+            headers={"Retry-After": "2"},
+        )
+    return services
+
+
+ReachableServices = Annotated[Services, Depends(reachable_services)]
+
+
+def get_application(services: ReachableServices) -> DealtrailApplication:
     return services.app
 
 

@@ -10,8 +10,10 @@ run the command again. Keys are scoped to the bearer token and kept for
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,13 +31,17 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.pipeline_api.errors import error_response
 
+log = logging.getLogger("dealtrail.api")
+
 MAX_KEY_LENGTH = 200
+# IntegrityError is handled where it is expected (a key claimed twice).
+UNAVAILABLE = (DBAPIError, OSError)
 # A claim older than this whose response never arrived is treated as abandoned (the
 # process died mid-request), so a retry may run the command again.
 ABANDONED_AFTER = timedelta(seconds=60)
@@ -138,9 +144,10 @@ class IdempotencyStore:
 class IdempotencyMiddleware:
     """ASGI middleware applying :class:`IdempotencyStore` to POST and PATCH under /v1."""
 
-    def __init__(self, app: ASGIApp, store_getter: Any) -> None:
+    def __init__(self, app: ASGIApp, store_getter: Any, services_getter: Any = None) -> None:
         self.app = app
         self.store_getter = store_getter
+        self.services_getter = services_getter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PATCH", "PUT", "DELETE"):
@@ -170,7 +177,8 @@ class IdempotencyMiddleware:
             if not message.get("more_body"):
                 break
 
-        auth = headers.get("authorization", "")
+        # Scope keys by the token alone ("Bearer" and "bearer" name the same caller).
+        auth = headers.get("authorization", "").strip().partition(" ")[2].strip()
         token_scope = hashlib.sha256(auth.encode()).hexdigest()
         digest = hashlib.sha256()
         for part in (scope["method"], scope["path"], scope.get("query_string", b"").decode()):
@@ -180,7 +188,19 @@ class IdempotencyMiddleware:
         fingerprint = digest.hexdigest()
 
         store: IdempotencyStore = self.store_getter()
-        existing = await store.claim(token_scope, key, fingerprint)
+        try:
+            existing = await store.claim(token_scope, key, fingerprint)
+        except UNAVAILABLE as exc:
+            log.warning("idempotency store unavailable: %s", exc)
+            self._trip()
+            response = error_response(
+                503,
+                "database_unavailable",
+                "the database is unreachable; retry shortly",
+                headers={"Retry-After": "2"},
+            )
+            await response(scope, receive, send)
+            return
         if existing is not None:
             await self._answer_existing(existing, fingerprint, scope, receive, send)
             return
@@ -213,12 +233,23 @@ class IdempotencyMiddleware:
         try:
             await self.app(scope, replay_receive, capture_send)
         except BaseException:
-            await store.release(token_scope, key)
+            with contextlib.suppress(*UNAVAILABLE):
+                await store.release(token_scope, key)
             raise
-        if status >= 500 or status == 401:
-            await store.release(token_scope, key)
-        else:
-            await store.complete(token_scope, key, status, resp_headers, bytes(resp_body))
+        try:
+            if status >= 500 or status == 401:
+                await store.release(token_scope, key)
+            else:
+                await store.complete(token_scope, key, status, resp_headers, bytes(resp_body))
+        except UNAVAILABLE as exc:
+            # The answer has gone out; the claim stays pending and is released as
+            # abandoned after ABANDONED_AFTER.
+            log.warning("could not record the idempotent answer: %s", exc)
+
+    def _trip(self) -> None:
+        services = self.services_getter() if self.services_getter else None
+        if services is not None:
+            services.breaker.trip()
 
     async def _answer_existing(
         self,

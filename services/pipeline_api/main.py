@@ -13,10 +13,20 @@ from starlette.concurrency import run_in_threadpool
 
 from services.pipeline_api.bootstrap import Services, bootstrap
 from services.pipeline_api.deps import ServicesDep
-from services.pipeline_api.errors import error_response, install_error_handlers
+from services.pipeline_api.errors import ErrorResponse, error_response, install_error_handlers
 from services.pipeline_api.idempotency import IdempotencyMiddleware
 from services.pipeline_api.limits import BodySizeLimitMiddleware
-from services.pipeline_api.routers import deals, pipelines
+from services.pipeline_api.routers import (
+    audit,
+    board,
+    deal_queries,
+    deals,
+    exports,
+    imports,
+    owners,
+    pipelines,
+    reports,
+)
 from services.pipeline_api.settings import Settings
 
 log = logging.getLogger("dealtrail")
@@ -53,14 +63,28 @@ def create_app(settings: Settings | None = None, *, wire: Bootstrap | None = Non
     app.state.services = None
     install_error_handlers(app)
     app.include_router(pipelines.router)
+    app.include_router(board.router)
     app.include_router(deals.router)
+    app.include_router(deal_queries.router)
+    app.include_router(audit.router)
+    app.include_router(reports.router)
+    app.include_router(exports.router)
+    app.include_router(imports.router)
+    app.include_router(owners.router)
 
-    @app.get("/health", tags=["health"])
+    @app.get(
+        "/health",
+        tags=["health"],
+        responses={503: {"model": ErrorResponse, "description": "The database is unreachable"}},
+    )
     async def health(services: ServicesDep) -> Any:
         """Reports whether the event store is reachable (no auth)."""
         try:
+            if not await services.breaker.reachable():
+                raise ConnectionError("database refuses connections")
             head = await run_in_threadpool(services.app.head_position)
         except Exception as exc:  # noqa: BLE001 - any failure means "unreachable"
+            services.breaker.trip()
             return error_response(
                 503, "database_unavailable", f"event store unreachable: {type(exc).__name__}"
             )
@@ -70,6 +94,7 @@ def create_app(settings: Settings | None = None, *, wire: Bootstrap | None = Non
     app.add_middleware(
         IdempotencyMiddleware,
         store_getter=lambda: app.state.services.idempotency,
+        services_getter=lambda: app.state.services,
     )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     return app

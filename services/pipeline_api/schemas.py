@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -23,6 +23,9 @@ OccurredAt = Field(
 )
 
 
+Requirement = Literal["value", "expected_close_date", "note"]
+
+
 class StageIn(_Body):
     """One stage of a pipeline definition."""
 
@@ -34,6 +37,10 @@ class StageIn(_Body):
     id: str | None = Field(
         default=None, max_length=100, description="Stable id; made from the name if omitted"
     )
+    requires: list[Requirement] | None = Field(
+        default=None,
+        description="Fields a deal must have to enter: value (> 0), expected_close_date, note",
+    )
 
 
 class PipelineCreate(_Body):
@@ -43,6 +50,52 @@ class PipelineCreate(_Body):
     currency: str = Field(description="ISO 4217 code, e.g. EUR")
     stages: list[StageIn] | None = Field(default=None, max_length=30)
     lost_reasons: list[str] | None = Field(default=None, max_length=50)
+    allow_skipping_stages: bool = True
+    allow_moving_back: bool = True
+    stale_after_days: int | None = Field(
+        default=None, description="An open deal untouched this many days is stale"
+    )
+    occurred_at: AwareDatetime | None = OccurredAt
+
+
+class PipelinePatch(_Body):
+    """Rename a pipeline or change its rules; only fields present change."""
+
+    name: str | None = Field(default=None, max_length=100)
+    allow_skipping_stages: bool | None = None
+    allow_moving_back: bool | None = None
+    stale_after_days: int | None = Field(default=None, description="null switches it off")
+    occurred_at: AwareDatetime | None = OccurredAt
+
+
+class StageCreate(StageIn):
+    """Add a stage at a position (0 = first; default last)."""
+
+    position: int | None = Field(default=None, ge=0, le=30)
+    occurred_at: AwareDatetime | None = OccurredAt
+
+
+class StagePatch(_Body):
+    """Rename a stage or change its probability, rotting threshold or requirements."""
+
+    name: str | None = Field(default=None, max_length=100)
+    probability: int | None = None
+    rotting_days: int | None = None
+    requires: list[Requirement] | None = None
+    occurred_at: AwareDatetime | None = OccurredAt
+
+
+class StageOrder(_Body):
+    """Every current stage id, in the new order."""
+
+    stage_order: list[str] = Field(max_length=30)
+    occurred_at: AwareDatetime | None = OccurredAt
+
+
+class LostReasonIn(_Body):
+    """A lost reason to add (or bring back from retirement)."""
+
+    reason: str = Field(max_length=100)
     occurred_at: AwareDatetime | None = OccurredAt
 
 
@@ -53,6 +106,7 @@ class StagePublic(BaseModel):
     name: str
     probability: int
     rotting_days: int | None = None
+    requires: list[str] = []
 
 
 class PipelinePublic(BaseModel):
@@ -62,11 +116,19 @@ class PipelinePublic(BaseModel):
     name: str
     currency: str
     stages: list[StagePublic]
+    removed_stages: list[StagePublic] = []
     lost_reasons: list[str]
+    retired_lost_reasons: list[str] = []
+    allow_skipping_stages: bool = True
+    allow_moving_back: bool = True
+    stale_after_days: int | None = None
     version: int
     created_at: str
     position: int | None = Field(
         default=None, description="Log position of the command's last event"
+    )
+    moved_deals: list[str] | None = Field(
+        default=None, description="After removing a stage: the deals moved out of it"
     )
 
 
@@ -90,6 +152,9 @@ class DealCreate(_Body):
     )
     account: str | None = Field(default=None, max_length=100, description="Customer account")
     product: str | None = Field(default=None, max_length=100)
+    note: str | None = Field(
+        default=None, max_length=2000, description="Satisfies a stage's note requirement"
+    )
     occurred_at: AwareDatetime | None = OccurredAt
 
 
@@ -97,6 +162,7 @@ class DealAdvance(_Body):
     """Move a deal to another stage (forwards or backwards)."""
 
     stage: str = Field(description="Stage id or name")
+    note: str | None = Field(default=None, max_length=2000)
     occurred_at: AwareDatetime | None = OccurredAt
 
 
@@ -118,6 +184,7 @@ class DealReopen(_Body):
     """Bring a won or lost deal back into the pipeline."""
 
     stage: str | None = Field(default=None, description="Defaults to the stage it closed in")
+    note: str | None = Field(default=None, max_length=2000)
     occurred_at: AwareDatetime | None = OccurredAt
 
 
@@ -130,10 +197,38 @@ class DealPatch(_Body):
     owner: str | None = Field(default=None, max_length=100)
     account: str | None = Field(default=None, max_length=100, description="null clears it")
     product: str | None = Field(default=None, max_length=100, description="null clears it")
+    probability_override: int | None = Field(
+        default=None, description="0-100, beats the stage's probability; null clears it"
+    )
     occurred_at: AwareDatetime | None = OccurredAt
 
     def changed_fields(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.model_fields_set if k != "occurred_at"}
+
+
+class DealMove(_Body):
+    """Move a deal into another pipeline (same currency); its history stays."""
+
+    pipeline_id: UUID
+    stage: str | None = Field(default=None, description="Defaults to the first stage")
+    note: str | None = Field(default=None, max_length=2000)
+    occurred_at: AwareDatetime | None = OccurredAt
+
+
+class DealSnooze(_Body):
+    """Keep a deal off the stale list until a moment, for a reason."""
+
+    until: AwareDatetime
+    reason: str = Field(max_length=2000)
+    occurred_at: AwareDatetime | None = OccurredAt
+
+
+class OwnerTeam(_Body):
+    """An owner's team and region from ``occurred_at`` on (null leaves them unset)."""
+
+    team: str | None = Field(default=None, max_length=100)
+    region: str | None = Field(default=None, max_length=100)
+    occurred_at: AwareDatetime | None = OccurredAt
 
 
 class StageRef(BaseModel):
@@ -158,6 +253,8 @@ class DealPublic(BaseModel):
     external_id: str | None
     account: str | None = None
     product: str | None = None
+    probability_override: int | None = None
+    probability: int | None = None
     lost_reason: str | None
     lost_note: str | None
     created_at: str

@@ -22,9 +22,10 @@ from services.pipeline_api.schemas import (
     DealCommandResponse,
     DealCreate,
     DealLose,
+    DealMove,
     DealPatch,
-    DealPublic,
     DealReopen,
+    DealSnooze,
     DealWin,
 )
 
@@ -62,20 +63,11 @@ async def create_deal(
             external_id=body.external_id,
             account=body.account,
             product=body.product,
+            note=body.note,
             occurred_at=body.occurred_at,
         ),
         response,
     )
-
-
-@router.get("/{deal_id}", response_model=DealPublic)
-async def get_deal(
-    deal_id: UUID, app: PipelineApp, principal: CurrentPrincipal, response: Response
-) -> dict[str, Any]:
-    """A deal's current state."""
-    state = await run_in_threadpool(app.deal_state, deal_id)
-    response.headers["ETag"] = f'"{state["version"]}"'
-    return state
 
 
 @router.post(
@@ -95,6 +87,7 @@ async def advance_deal(
             deal_id,
             actor=principal,
             stage=body.stage,
+            note=body.note,
             occurred_at=body.occurred_at,
             expected_version=version,
         ),
@@ -155,12 +148,14 @@ async def reopen_deal(
 ) -> dict[str, Any]:
     """Reopen a won or lost deal, in the stage it closed in or a named one."""
     stage = body.stage if body else None
+    note = body.note if body else None
     occurred_at = body.occurred_at if body else None
     return await _run(
         lambda: app.reopen_deal(
             deal_id,
             actor=principal,
             stage=stage,
+            note=note,
             occurred_at=occurred_at,
             expected_version=version,
         ),
@@ -183,6 +178,53 @@ async def update_deal(
             deal_id,
             actor=principal,
             fields=body.changed_fields(),
+            occurred_at=body.occurred_at,
+            expected_version=version,
+        ),
+        response,
+    )
+
+
+@router.post("/{deal_id}/move", response_model=DealCommandResponse, dependencies=[IdempotencyKey])
+async def move_deal(
+    deal_id: UUID,
+    body: DealMove,
+    app: PipelineApp,
+    principal: CurrentPrincipal,
+    version: ExpectedVersion,
+    response: Response,
+) -> dict[str, Any]:
+    """Move the deal into another pipeline (one event); its earlier history stays with it."""
+    return await _run(
+        lambda: app.move_deal(
+            deal_id,
+            actor=principal,
+            pipeline_id=body.pipeline_id,
+            stage=body.stage,
+            note=body.note,
+            occurred_at=body.occurred_at,
+            expected_version=version,
+        ),
+        response,
+    )
+
+
+@router.post("/{deal_id}/snooze", response_model=DealCommandResponse, dependencies=[IdempotencyKey])
+async def snooze_deal(
+    deal_id: UUID,
+    body: DealSnooze,
+    app: PipelineApp,
+    principal: CurrentPrincipal,
+    version: ExpectedVersion,
+    response: Response,
+) -> dict[str, Any]:
+    """Keep the deal off the stale list until `until` (recorded as an event with the reason)."""
+    return await _run(
+        lambda: app.snooze_deal(
+            deal_id,
+            actor=principal,
+            until=body.until,
+            reason=body.reason,
             occurred_at=body.occurred_at,
             expected_version=version,
         ),
