@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install run test test-unit lint format clean
+.PHONY: install run test test-unit lint format clean demo bench bench-smoke
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,28 @@ lint: install
 format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# make demo: a generated demo database under data/demo (filled once), then the service.
+# make demo DEMO_DATA=DIR imports a CRM-opportunities directory into it instead.
+DEMO_DIR   := data/demo
+DEMO_DEALS ?= 2000
+DEMO_SEED  ?= 42
+DEMO_DATA  ?=
+
+demo: install
+	DATABASE_URL=sqlite:///$(DEMO_DIR)/dealtrail.db DEALTRAIL_DATA_DIR=$(DEMO_DIR) \
+	DEALTRAIL_API_KEYS= DEALTRAIL_ENV=development DEALTRAIL_DB_SCHEMA= \
+	$(BIN)/dealtrail demo run --deals $(DEMO_DEALS) --seed $(DEMO_SEED) \
+		--host $(HOST) --port $(PORT) $(if $(DEMO_DATA),--import-crm "$(DEMO_DATA)")
+
+# make bench: the benchmark suite (tens of minutes; PostgreSQL from BENCH_DATABASE_URL,
+# default the local server); results in bench/results/latest.json, see bench/RESULTS.md.
+# make bench-smoke: the same code at tiny sizes (seconds), as CI runs it.
+bench: install
+	$(BIN)/python -m bench
+
+bench-smoke: install
+	$(BIN)/python -m bench --smoke
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
