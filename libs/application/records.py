@@ -34,6 +34,11 @@ class EventRecord:
     occurred_at: datetime | None
     recorded_at: datetime | None
     payload: dict[str, Any]
+    key: str = ""  # the aggregate id as text (read models key rows by it)
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            object.__setattr__(self, "key", str(self.aggregate_id))
 
     @property
     def when(self) -> datetime:
@@ -100,9 +105,11 @@ def decode(mapper: Mapper[Any], notification: Notification) -> EventRecord:
     recorded_at = state.get("timestamp")
     actor = state.get("actor")
     payload = {k: v for k, v in state.items() if k not in _ENVELOPE_KEYS}
+    aggregate_id = UUID(str(notification.originator_id))
     return EventRecord(
         position=notification.id,
-        aggregate_id=UUID(str(notification.originator_id)),
+        aggregate_id=aggregate_id,
+        key=str(aggregate_id),
         aggregate_type=aggregate_type,
         event_type=event_type,
         version=notification.originator_version,

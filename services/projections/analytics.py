@@ -32,14 +32,13 @@ from sqlalchemy import (
     and_,
     bindparam,
     func,
-    insert,
     select,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.application.records import EventRecord
-from services.projections.base import Money, Projection, UtcDateTime, upsert
+from services.projections.base import Money, Projection, UtcDateTime, bulk_insert, upsert
 from services.projections.current_pipeline import (
     DEAL_EVENTS,
     OWNER_EVENTS,
@@ -151,7 +150,7 @@ class Analytics(Projection):
         rows = await conn.execute(select(pipelines_t).where(pipelines_t.c.valid_to.is_(None)))
         for r in rows.mappings().all():
             current_pipelines[r["pipeline_id"]] = dict(r)
-        deal_ids = list({str(r.aggregate_id) for r in records if r.event_type in DEAL_EVENTS})
+        deal_ids = list({r.key for r in records if r.event_type in DEAL_EVENTS})
         current_deals: dict[str, dict[str, Any]] = {}
         reached: dict[tuple[str, str], set[str]] = {}
         for i in range(0, len(deal_ids), 500):
@@ -221,7 +220,7 @@ class Analytics(Projection):
         for rec in records:
             kind, p, when = rec.event_type, rec.payload, rec.when
             if kind in PIPELINE_EVENTS:
-                pid = str(rec.aggregate_id)
+                pid = rec.key
                 previous = current_pipelines.get(pid)
                 end_previous(previous, "pipeline_id", pipeline_rows, closed_pipelines, when)
                 definition = _pipeline_row(rec, previous["state"] if previous else None)
@@ -237,7 +236,7 @@ class Analytics(Projection):
             elif kind in OWNER_EVENTS:
                 membership_rows.append(
                     {
-                        "owner": p.get("name") or p.get("owner") or str(rec.aggregate_id),
+                        "owner": p.get("name") or p.get("owner") or rec.key,
                         "position": rec.position,
                         "valid_from": when,
                         "team": p.get("team"),
@@ -245,7 +244,7 @@ class Analytics(Projection):
                     }
                 )
             elif kind in DEAL_EVENTS:
-                deal_id = str(rec.aggregate_id)
+                deal_id = rec.key
                 before = current_deals.get(deal_id)
                 state = _next_state(before, rec)
                 if state is None:
@@ -299,8 +298,7 @@ class Analytics(Projection):
             (outcomes_t, outcome_rows),
             (tables["memberships"], membership_rows),
         ):
-            for i in range(0, len(batch), 1000):
-                await conn.execute(insert(table), batch[i : i + 1000])
+            await bulk_insert(conn, table, batch)
         if reach_rows:
             stmt = upsert(reach_t, ["deal_id", "pipeline_id", "stage_id"], dialect)
             for i in range(0, len(reach_rows), 1000):

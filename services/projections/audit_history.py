@@ -7,11 +7,11 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import JSON, Column, Index, Integer, MetaData, String, Table, insert, select
+from sqlalchemy import JSON, Column, Index, Integer, MetaData, String, Table, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.application.records import EventRecord, to_json_value
-from services.projections.base import Projection, UtcDateTime
+from services.projections.base import Projection, UtcDateTime, bulk_insert
 from services.projections.current_pipeline import DEAL_EVENTS, OWNER_EVENTS, PIPELINE_EVENTS
 
 CREATED_FIELDS = (
@@ -148,7 +148,7 @@ class AuditHistory(Projection):
         rows = [
             {
                 "position": r.position,
-                "aggregate_id": str(r.aggregate_id),
+                "aggregate_id": r.key,
                 "aggregate_type": r.aggregate_type,
                 "event_type": r.event_type,
                 "version": r.version,
@@ -159,8 +159,7 @@ class AuditHistory(Projection):
             }
             for r in records
         ]
-        for i in range(0, len(rows), 1000):
-            await conn.execute(insert(tables["events"]), rows[i : i + 1000])
+        await bulk_insert(conn, tables["events"], rows)
 
 
 async def history(

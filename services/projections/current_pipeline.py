@@ -186,7 +186,7 @@ class CurrentPipeline(Projection):
             r["pipeline_id"]: dict(r)
             for r in (await conn.execute(select(pipelines_t))).mappings().all()
         }
-        deal_ids = list({str(r.aggregate_id) for r in records if r.event_type in DEAL_EVENTS})
+        deal_ids = list({r.key for r in records if r.event_type in DEAL_EVENTS})
         deals: dict[str, dict[str, Any]] = {}
         for chunk in _chunks(deal_ids, 500):
             rows = await conn.execute(select(deals_t).where(deals_t.c.deal_id.in_(chunk)))
@@ -198,7 +198,7 @@ class CurrentPipeline(Projection):
 
         for record in records:
             if record.event_type in PIPELINE_EVENTS:
-                pid = str(record.aggregate_id)
+                pid = record.key
                 pipelines[pid] = _pipeline_row(record, pipelines.get(pid))
                 touched_pipelines.add(pid)
                 stage_id = _probability_changed(record)
@@ -209,7 +209,7 @@ class CurrentPipeline(Projection):
                             deals[deal_id] = _with_probability(current, pipelines[pid])
                             touched_deals.add(deal_id)
             elif record.event_type in DEAL_EVENTS:
-                deal_id = str(record.aggregate_id)
+                deal_id = record.key
                 changed = _apply_deal_event(deals.get(deal_id), record, pipelines)
                 if changed is not None:
                     deals[deal_id] = changed
@@ -336,7 +336,7 @@ def _pipeline_row(record: EventRecord, existing: dict[str, Any] | None) -> dict[
     p, kind = record.payload, record.event_type
     if kind == "PipelineDefined" or existing is None:
         row: dict[str, Any] = {
-            "pipeline_id": str(record.aggregate_id),
+            "pipeline_id": record.key,
             "name": p.get("name", ""),
             "currency": p.get("currency", ""),
             "stages": list(p.get("stages", [])),
@@ -407,7 +407,7 @@ def _apply_deal_event(
     when = record.when
     if record.event_type == "DealCreated":
         row = {
-            "deal_id": str(record.aggregate_id),
+            "deal_id": record.key,
             "pipeline_id": str(p["pipeline_id"]),
             "title": p["title"],
             "value": Decimal(p["value"]),

@@ -30,7 +30,7 @@ from services.projections.runner import EventSource, ensure_projection, unknown_
 
 log = logging.getLogger("dealtrail.projections")
 
-REBUILD_BATCH_SIZE = 2000
+REBUILD_BATCH_SIZE = 5000
 DROP_GRACE_SECONDS = 5.0
 
 Progress = Callable[[int, int], None]  # (events done, events expected)
@@ -135,8 +135,12 @@ async def rebuild(
                 break
             position = records[-1].position
             pending = asyncio.create_task(asyncio.to_thread(source.read, position, batch_size))
-            for build in builds:
-                await _apply(engine, build, records)
+            if engine.dialect.name == "postgresql":
+                # Each projection writes through its own connection: their waits overlap.
+                await asyncio.gather(*(_apply(engine, build, records) for build in builds))
+            else:  # SQLite has one writer at a time
+                for build in builds:
+                    await _apply(engine, build, records)
             done += len(records)
             if progress:
                 progress(done, max(head, position))

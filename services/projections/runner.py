@@ -214,8 +214,18 @@ class Worker:
         records = await asyncio.to_thread(self.source.read, start, self.batch_size)
         if not records:
             return 0
-        for projection in projections:
-            self.positions[projection.name] = await apply_batch(self.engine, projection, records)
+        if self.engine.dialect.name == "postgresql":
+            positions = await asyncio.gather(
+                *(apply_batch(self.engine, p, records) for p in projections)
+            )
+            self.positions.update(
+                {p.name: pos for p, pos in zip(projections, positions, strict=True)}
+            )
+        else:  # SQLite has one writer at a time
+            for projection in projections:
+                self.positions[projection.name] = await apply_batch(
+                    self.engine, projection, records
+                )
         return len(records)
 
     async def catch_up(self, projections: Sequence[Projection] | None = None) -> None:

@@ -61,7 +61,7 @@ class StageDurations(Projection):
         self, conn: AsyncConnection, tables: dict[str, Table], records: Sequence[EventRecord]
     ) -> None:
         visits_t = tables["visits"]
-        deal_ids = list({str(r.aggregate_id) for r in records if r.event_type in DEAL_EVENTS})
+        deal_ids = list({r.key for r in records if r.event_type in DEAL_EVENTS})
         last: dict[str, dict[str, Any]] = {}
         for i in range(0, len(deal_ids), 500):
             chunk = deal_ids[i : i + 500]
@@ -122,7 +122,7 @@ class StageDurations(Projection):
             kind = rec.event_type
             if kind not in DEAL_EVENTS:
                 continue
-            deal_id, p = str(rec.aggregate_id), rec.payload
+            deal_id, p = rec.key, rec.payload
             prev = last.get(deal_id)
             if kind == "DealCreated":
                 seed = {
