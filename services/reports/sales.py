@@ -121,8 +121,10 @@ async def funnel(ctx: ReportContext, params: ReportParams) -> Report:
     order = [s["id"] for s in pipeline["stages"]]
     index = {sid: i for i, sid in enumerate(order)}
     by_deal: dict[str, dict[str, datetime]] = defaultdict(dict)
+    by_stage: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in reach:
         by_deal[r["deal_id"]][r["stage_id"]] = r["reached_at"]
+        by_stage[r["stage_id"]].append(r)
     closes_by_deal: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for c in closes:
         closes_by_deal[c["deal_id"]].append(c)
@@ -144,8 +146,8 @@ async def funnel(ctx: ReportContext, params: ReportParams) -> Report:
     for stage_id in order:
         cohort = {
             r["deal_id"]: r
-            for r in reach
-            if r["stage_id"] == stage_id and in_period(r["reached_at"]) and selected(r)
+            for r in by_stage.get(stage_id, [])
+            if in_period(r["reached_at"]) and selected(r)
         }
         entered = len(cohort)
         skipped = sum(1 for r in cohort.values() if r["how"] == "skipped")
