@@ -145,6 +145,12 @@ class CurrentPipeline(Projection):
             deals.c.created_at,
             deals.c.deal_id,
         )
+        Index(
+            f"ix_cpd{suffix}_pipeline_order",
+            deals.c.pipeline_id,
+            deals.c.created_at,
+            deals.c.deal_id,
+        )
         Index(f"ix_cpd{suffix}_owner", deals.c.owner, deals.c.created_at, deals.c.deal_id)
         Index(f"ix_cpd{suffix}_updated", deals.c.updated_at)
         pipelines = Table(

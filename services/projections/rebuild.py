@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.application.records import EventRecord
@@ -82,6 +82,12 @@ async def _apply(engine: AsyncEngine, build: Build, records: Sequence[EventRecor
 async def _switch(engine: AsyncEngine, source: EventSource, build: Build, batch: int) -> None:
     """Catch up under the state lock and make the new generation the active one."""
     projection = build.projection
+    if engine.dialect.name == "postgresql":
+        # Fresh tables have no statistics; without them the planner guesses a handful of
+        # rows where there are many thousands and picks poor plans for the first queries.
+        async with engine.begin() as conn:
+            for name in projection.table_names(build.generation):
+                await conn.execute(text(f'ANALYZE "{name}"'))
     async with engine.begin() as conn:
         await lock_state(conn, projection.name)
         while True:
