@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
 
 from services.pipeline_api.deps import CurrentPrincipal
 from services.pipeline_api.errors import ERROR_RESPONSES
@@ -35,7 +36,7 @@ async def audit_log(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     cursor: str | None = None,
     min_position: MinPosition = None,
-) -> dict[str, Any]:
+) -> JSONResponse:
     """All events in log order with before/after values, filtered; auditors and admins."""
     principal.check_may_read_audit()
     start, end = aware(from_, "from"), aware(to, "to")
@@ -52,8 +53,10 @@ async def audit_log(
             limit=limit + 1,
         )
     page, next_cursor = page_of(rows, limit)
-    return {
-        "data": [history_view(r) for r in page],
-        "next_cursor": next_cursor,
-        "position": view.position,
-    }
+    return JSONResponse(
+        {
+            "data": [history_view(r) for r in page],
+            "next_cursor": next_cursor,
+            "position": view.position,
+        }
+    )

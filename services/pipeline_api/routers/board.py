@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
 
 from libs.domain.values import format_money
 from services.pipeline_api.deps import CurrentPrincipal, ServicesDep
@@ -33,7 +34,7 @@ async def board(
         datetime | None,
         Query(description="The board as it was at this moment (business time)"),
     ] = None,
-) -> dict[str, Any]:
+) -> JSONResponse:
     """Per stage, in order: open deals' count, total and weighted value, and the first page.
 
     Each stage's `next_cursor` continues with `GET /v1/deals?pipeline_id=..&stage=..&status=open`.
@@ -42,7 +43,7 @@ async def board(
     if as_of is not None:
         moment = aware(as_of, "as_of")
         assert moment is not None
-        return await board_as_of(models, pipeline_id, moment, min_position, per_stage)
+        return JSONResponse(await board_as_of(models, pipeline_id, moment, min_position, per_stage))
     async with models.open("current_pipeline", min_position) as view:
         pipeline = await current_pipeline.get_pipeline(view.conn, view.tables, pipeline_id)
         if pipeline is None:
@@ -99,17 +100,20 @@ async def board(
                 "next_cursor": next_cursor,
             }
         )
-    return {
-        "pipeline": {
-            "id": pipeline["pipeline_id"],
-            "name": pipeline["name"],
-            "currency": pipeline["currency"],
-        },
-        "stages": stages_out,
-        "totals": {
-            "count": sum_count,
-            "total_value": format_money(sum_value),
-            "weighted_value": format_money(sum_weighted),
-        },
-        "position": view.position,
-    }
+    # Already JSON-ready: skip the framework's generic re-encoding of a large answer.
+    return JSONResponse(
+        {
+            "pipeline": {
+                "id": pipeline["pipeline_id"],
+                "name": pipeline["name"],
+                "currency": pipeline["currency"],
+            },
+            "stages": stages_out,
+            "totals": {
+                "count": sum_count,
+                "total_value": format_money(sum_value),
+                "weighted_value": format_money(sum_weighted),
+            },
+            "position": view.position,
+        }
+    )

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Response
+from fastapi.responses import JSONResponse
 
 from libs.application.records import to_json_value
 from libs.domain.values import format_money
@@ -117,7 +118,7 @@ async def list_deals(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
     min_position: MinPosition = None,
-) -> dict[str, Any]:
+) -> JSONResponse:
     """Deals filtered, in a stable order (creation time, then id), a page at a time."""
     after = None
     if cursor:
@@ -141,11 +142,13 @@ async def list_deals(
     if len(rows) > limit:
         last = page[-1]
         next_cursor = encode_cursor([last["created_at"].isoformat(), last["deal_id"]])
-    return {
-        "data": [deal_view(r, pipelines, now) for r in page],
-        "next_cursor": next_cursor,
-        "position": view.position,
-    }
+    return JSONResponse(
+        {
+            "data": [deal_view(r, pipelines, now) for r in page],
+            "next_cursor": next_cursor,
+            "position": view.position,
+        }
+    )
 
 
 @router.get("/{deal_id}")
@@ -212,7 +215,7 @@ async def deal_history(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     cursor: str | None = None,
     min_position: MinPosition = None,
-) -> dict[str, Any]:
+) -> JSONResponse:
     """The deal's audit trail, oldest first: who changed what, when, and how."""
     after = position_cursor(cursor)
     async with models.open("audit_history", min_position) as view:
@@ -222,8 +225,10 @@ async def deal_history(
     if not rows and after == 0:
         raise ApiError(404, f"deal {deal_id} has no history (as of position {view.position})")
     page, next_cursor = page_of(rows, limit)
-    return {
-        "data": [history_view(r) for r in page],
-        "next_cursor": next_cursor,
-        "position": view.position,
-    }
+    return JSONResponse(
+        {
+            "data": [history_view(r) for r in page],
+            "next_cursor": next_cursor,
+            "position": view.position,
+        }
+    )
