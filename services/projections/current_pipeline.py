@@ -77,6 +77,15 @@ def stage_probability(pipeline: dict[str, Any] | None, stage_id: str) -> int:
     return 0
 
 
+def stage_name(pipeline: dict[str, Any] | None, stage_id: str) -> str:
+    """A stage's name now (a removed stage's last name; the id if unknown)."""
+    if pipeline:
+        for stage in (*pipeline["stages"], *pipeline.get("removed_stages", [])):
+            if stage["id"] == stage_id:
+                return str(stage["name"])
+    return stage_id
+
+
 def effective_probability(row: dict[str, Any], pipeline: dict[str, Any] | None) -> int:
     """Won deals count fully, lost ones not at all; open ones by override, else stage."""
     if row["status"] == "won":

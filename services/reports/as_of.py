@@ -15,41 +15,24 @@ from uuid import UUID
 
 from libs.domain.values import format_money
 from services.projections import analytics
-from services.projections.current_pipeline import weighted
+from services.projections.current_pipeline import (
+    effective_probability,
+    stage_name,
+    weighted,
+)
 from services.projections.reading import ReadModels
 from services.reports import ReportError
 
 AS_OF_BOARD_PAGE = 100
 
 
-def _probability(state: dict[str, Any], pipeline: dict[str, Any] | None) -> int:
-    if state["status"] == "won":
-        return 100
-    if state["status"] == "lost":
-        return 0
-    if state.get("probability_override") is not None:
-        return int(state["probability_override"])
-    for stage in pipeline["stages"] if pipeline else []:
-        if stage["id"] == state["stage_id"]:
-            return int(stage["probability"])
-    return 0
-
-
-def _stage_name(pipeline: dict[str, Any] | None, stage_id: str) -> str:
-    if pipeline:
-        for stage in (*pipeline["stages"], *pipeline.get("removed_stages", [])):
-            if stage["id"] == stage_id:
-                return str(stage["name"])
-    return stage_id
-
-
 def _deal(state: dict[str, Any], pipeline: dict[str, Any] | None) -> dict[str, Any]:
-    probability = _probability(state, pipeline)
+    probability = effective_probability(state, pipeline)
     close = state.get("expected_close_date")
     return {
         "id": state["deal_id"],
         "pipeline_id": state["pipeline_id"],
-        "stage": {"id": state["stage_id"], "name": _stage_name(pipeline, state["stage_id"])},
+        "stage": {"id": state["stage_id"], "name": stage_name(pipeline, state["stage_id"])},
         "status": state["status"],
         "value": format_money(state["value"]),
         "owner": state["owner"],
@@ -103,7 +86,7 @@ async def board_as_of(
         in_stage = [d for d in deals if d["stage_id"] == stage["id"]]
         value = sum((d["value"] for d in in_stage), Decimal(0))
         weight = sum(
-            (weighted(d["value"], _probability(d, pipeline)) for d in in_stage), Decimal(0)
+            (weighted(d["value"], effective_probability(d, pipeline)) for d in in_stage), Decimal(0)
         )
         total_count += len(in_stage)
         total_value += value

@@ -20,7 +20,7 @@ from services.pipeline_api.readmodels import (
     encode_cursor,
 )
 from services.projections import audit_history, current_pipeline
-from services.projections.current_pipeline import DealFilter
+from services.projections.current_pipeline import DealFilter, stage_name
 from services.reports.as_of import deal_as_of
 from services.reports.sales import staleness
 
@@ -33,14 +33,6 @@ def aware(value: datetime | None, field: str) -> datetime | None:
     if value is not None and value.tzinfo is None:
         raise ApiError(422, f"{field} must include a time zone", details={"field": field})
     return value
-
-
-def stage_name(pipeline: dict[str, Any] | None, stage_id: str) -> str:
-    if pipeline:
-        for stage in (*pipeline["stages"], *pipeline.get("removed_stages", [])):
-            if stage["id"] == stage_id:
-                return str(stage["name"])
-    return stage_id
 
 
 def deal_view(
