@@ -25,6 +25,7 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError
+from eventsourcing.postgres import PostgresApplicationRecorder
 
 from libs.application.app import DealtrailApplication
 from libs.domain.actors import Actor, Role
@@ -633,7 +634,7 @@ class DealImporter:
 
 
 def _load_workers(app: DealtrailApplication) -> int:
-    on_postgres = type(app.recorder).__module__.startswith("eventsourcing.postgres")
+    on_postgres = isinstance(app.recorder, PostgresApplicationRecorder)
     return POSTGRES_LOAD_WORKERS if on_postgres else 1
 
 

@@ -85,6 +85,8 @@ class StoreLocation:
             # the recorder retries on a fresh one, which saves a round trip per query.
             "POSTGRES_PRE_PING": "n",
             "CREATE_TABLE": "y",
+            # Lock, notify and insert in one server-side call (see pg_recorder).
+            "APPLICATION_RECORDER_TOPIC": "libs.application.pg_recorder:OrderedInsertRecorder",
         }
         if self.schema:
             env["POSTGRES_SCHEMA"] = self.schema

@@ -2,9 +2,11 @@
 
 The event store's PostgreSQL recorder retries a failing connection ten times, which keeps
 a request waiting for tens of seconds during an outage. After the first failure the
-breaker trips; while tripped, each request first probes the database with one quick
-connection attempt and gets 503 at once if it fails. The first successful probe closes
-the breaker: the service recovers by itself.
+breaker trips; while tripped, requests first wait for a probe of the database (one
+quick connection attempt) and get 503 at once if it fails. Requests arriving while a
+probe runs share its answer, so a busy service is not flooded with new connections
+exactly when it is short of them. The first successful probe closes the breaker: the
+service recovers by itself.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ class StoreBreaker:
     def __init__(self, location: StoreLocation) -> None:
         self.location = location
         self.tripped_at: float | None = None
+        self._probing: asyncio.Future[bool] | None = None
+        self.probes = 0  # probes run so far (shown by tests and diagnostics)
 
     @property
     def tripped(self) -> bool:
@@ -33,6 +37,7 @@ class StoreBreaker:
             self.tripped_at = time.monotonic()
 
     def _probe(self) -> bool:
+        self.probes += 1
         if not self.location.is_postgres:
             return True
         import psycopg
@@ -52,11 +57,18 @@ class StoreBreaker:
             return False
         return True
 
+    def _probe_done(self, _: asyncio.Future[bool]) -> None:
+        self._probing = None
+
     async def reachable(self) -> bool:
         """True unless tripped and the probe fails (a success closes the breaker)."""
         if self.tripped_at is None:
             return True
-        if await asyncio.to_thread(self._probe):
+        probe = self._probing
+        if probe is None:
+            probe = self._probing = asyncio.ensure_future(asyncio.to_thread(self._probe))
+            probe.add_done_callback(self._probe_done)
+        ok = await asyncio.shield(probe)
+        if ok:
             self.tripped_at = None
-            return True
-        return False
+        return ok

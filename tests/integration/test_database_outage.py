@@ -111,3 +111,19 @@ async def test_commands_and_queries_get_503_while_the_database_is_down_and_work_
             assert deal.status_code == 200, deal.text
             assert deal.json()["title"] == "A"
             assert (await api.get("/health")).status_code == 200
+
+
+async def test_requests_arriving_during_a_probe_share_it(outage_db: str) -> None:
+    """While tripped, concurrent requests wait for one probe instead of each opening one."""
+    from libs.application.store import StoreLocation
+    from services.pipeline_api.breaker import StoreBreaker
+
+    breaker = StoreBreaker(StoreLocation.parse(outage_db))
+    breaker.trip()
+    set_outage(outage_db, down=True)
+    assert await asyncio.gather(*(breaker.reachable() for _ in range(20))) == [False] * 20
+    assert breaker.probes == 1 and breaker.tripped
+    set_outage(outage_db, down=False)
+    assert await asyncio.gather(*(breaker.reachable() for _ in range(20))) == [True] * 20
+    assert breaker.probes == 2 and not breaker.tripped
+    assert await breaker.reachable() and breaker.probes == 2  # closed: no probe at all
