@@ -15,7 +15,7 @@ from services.pipeline_api.errors import ApiError
 _ETAG_RE = re.compile(r'^\s*(?:W/)?"?(\d{1,12})"?\s*$')
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services | None = getattr(request.app.state, "services", None)
     if services is None:
         raise ApiError(503, "the service is starting; retry shortly", code="starting")
@@ -40,14 +40,14 @@ async def reachable_services(services: ServicesDep) -> Services:
 ReachableServices = Annotated[Services, Depends(reachable_services)]
 
 
-def get_application(services: ReachableServices) -> DealtrailApplication:
+async def get_application(services: ReachableServices) -> DealtrailApplication:
     return services.app
 
 
 PipelineApp = Annotated[DealtrailApplication, Depends(get_application)]
 
 
-def current_principal(
+async def current_principal(
     services: ServicesDep,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Actor:
@@ -66,7 +66,7 @@ def current_principal(
 CurrentPrincipal = Annotated[Actor, Depends(current_principal)]
 
 
-def expected_version(
+async def expected_version(
     if_match: Annotated[
         str | None,
         Header(
@@ -91,7 +91,7 @@ def expected_version(
 ExpectedVersion = Annotated[int | None, Depends(expected_version)]
 
 
-def idempotency_key_doc(
+async def idempotency_key_doc(
     idempotency_key: Annotated[
         str | None,
         Header(
