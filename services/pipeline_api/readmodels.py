@@ -14,7 +14,7 @@ from services.pipeline_api.errors import ApiError
 from services.projections.reading import ReadModels
 
 
-def get_read_models(services: ReachableServices) -> ReadModels:
+async def get_read_models(services: ReachableServices) -> ReadModels:
     models: ReadModels | None = getattr(services, "read_models", None)
     if models is None:
         raise ApiError(503, "read models are not available", code="starting")
