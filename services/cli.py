@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -20,17 +21,36 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from services.pipeline_api.auth import build_keyring
     from services.pipeline_api.main import create_app
 
+    workers: int = args.workers
+    if workers < 1:
+        print("dealtrail serve: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if workers > 1 and not settings.store.is_postgres:
+        print(
+            "dealtrail serve: --workers above 1 needs PostgreSQL (DATABASE_URL=postgresql://...);"
+            " the embedded SQLite store has one writer at a time",
+            file=sys.stderr,
+        )
+        return 2
     _, generated = build_keyring(settings)
-    print(f"Dealtrail on http://{args.host}:{args.port}  (store: {settings.store.describe()})")
+    print(
+        f"Dealtrail on http://{args.host}:{args.port}  (store: {settings.store.describe()}"
+        f"{f', {workers} processes' if workers > 1 else ''})"
+    )
     if generated:
         print(f"No DEALTRAIL_API_KEYS set; admin token (kept in {settings.admin_key_file}):")
         print(f"  {generated}")
+    if workers == 1:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+        return 0
+    # Each process builds its own app from the same environment.
     uvicorn.run(
-        create_app(settings),
+        "services.pipeline_api.main:create_app",
+        factory=True,
         host=args.host,
         port=args.port,
         log_level=args.log_level,
-        workers=1,
+        workers=workers,
     )
     return 0
 
@@ -43,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("DEALTRAIL_WEB_WORKERS", "1")),
+        help="API processes (PostgreSQL only; default DEALTRAIL_WEB_WORKERS or 1)",
+    )
     serve.set_defaults(handler=_serve)
 
     from services.projections.cli import register as register_projections
