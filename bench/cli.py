@@ -15,6 +15,7 @@ from bench.common import (
     BACKENDS,
     DEFAULT_RESULTS,
     RESULTS_DIR,
+    WEB_WORKERS,
     LoadGenerator,
     Run,
     Sizes,
@@ -54,6 +55,12 @@ def parser(description: str | None) -> argparse.ArgumentParser:
         help="part 4 alone: the service's saturation (commands/s, from part 1); when below "
         "the rate, lag is also measured at half of it",
     )
+    p.add_argument(
+        "--web-workers",
+        type=int,
+        default=1,
+        help="API processes on PostgreSQL, for the service and the baseline alike (default 1)",
+    )
     p.add_argument("--keep-logs", action="store_true", help="keep the service logs")
     return p
 
@@ -80,6 +87,7 @@ def make_run(args: argparse.Namespace) -> Run:
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise SystemExit(f"unknown backend(s): {', '.join(unknown)}")
+    WEB_WORKERS["postgres"] = max(1, args.web_workers)
     return Run(sizes=sizes, output=output, backends=backends)
 
 

@@ -35,6 +35,7 @@ from bench.common import (
     running_service,
     say,
     wait_healthy,
+    web_workers,
 )
 
 PART = "commands"
@@ -53,6 +54,7 @@ def baseline_server(db: Database, log_dir: Path) -> Iterator[str]:
     env = {**os.environ, **env}
     args = [sys.executable, "-m", "uvicorn", "bench.baseline_app:app"]
     args += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    args += ["--workers", str(web_workers(db))]  # as many processes as the service
     proc = Proc("baseline", args, env, log_dir)
     try:
         wait_healthy(f"http://127.0.0.1:{port}", proc)
@@ -185,6 +187,7 @@ def measure(run: Run, db: Database, service: Service, gen: LoadGenerator) -> dic
                 for a, b in zip(levels, base_levels, strict=True)
             },
         }
+    figures["web_workers"] = web_workers(db)
     return figures
 
 

@@ -298,6 +298,14 @@ def dealtrail_command() -> list[str]:
     return [sys.executable, "-m", "services.cli"]
 
 
+# API processes for ``dealtrail serve`` and the baseline on PostgreSQL (``--web-workers``).
+WEB_WORKERS = {"postgres": 1}
+
+
+def web_workers(db: Database) -> int:
+    return WEB_WORKERS["postgres"] if db.backend == "postgres" else 1
+
+
 def service_env(db: Database, data_dir: Path, **extra: str) -> dict[str, str]:
     """The environment of a ``dealtrail`` process on ``db`` (nothing inherited that
     would point it elsewhere)."""
@@ -312,6 +320,7 @@ def service_env(db: Database, data_dir: Path, **extra: str) -> dict[str, str]:
         DEALTRAIL_ENV="production",
         DEALTRAIL_DATA_DIR=str(data_dir),
         DEALTRAIL_EMBEDDED_WORKER="false",
+        DEALTRAIL_WEB_WORKERS=str(web_workers(db)),
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)
