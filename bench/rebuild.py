@@ -34,11 +34,12 @@ from bench.common import (
     say,
     service_env,
 )
+from services.projections.rebuild import REBUILD_BATCH_SIZE
 
 PART = "rebuild"
 EVENTS_PER_DEAL = 6.95  # a little under the generator's average, to overshoot, not top up
 GENERATE_BATCH = 500
-READ_BATCH = 2000  # as `dealtrail projections rebuild --batch-size` defaults
+READ_BATCH = REBUILD_BATCH_SIZE  # as `dealtrail projections rebuild --batch-size` defaults
 REBUILD_TIMEOUT_S = 3 * 3600
 SUMMARY = re.compile(r"([\d,]+) events in ([\d.]+)s")
 

@@ -7,18 +7,18 @@ event type that no code knows any more (or not yet) is still readable and never 
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import Mapper, Notification
-
-# Keys the library keeps in every stored event; they are shown as record fields instead.
-_ENVELOPE_KEYS = frozenset({"timestamp", "originator_topic", "actor", "occurred_at"})
+import orjson
+from eventsourcing.persistence import JSONTranscoder, Mapper, Notification
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +92,99 @@ def split_topic(topic: str) -> tuple[str, str]:
     return (owner.rpartition(".")[-1] or "Unknown"), name
 
 
+class _FastJSON:
+    """Decodes what a :class:`JSONTranscoder` encoded, with orjson and one walk.
+
+    Gives exactly what the transcoder's ``decode`` gives (every ``{"_type_", "_data_"}``
+    object through its registered transcoding) and hands anything unusual to the
+    transcoder: an unknown transcoding, JSON that orjson refuses, and any float (orjson
+    reads an integer beyond 64 bits as a float; the events themselves carry none).
+    """
+
+    def __init__(self, transcoder: JSONTranscoder) -> None:
+        self.decoders: dict[str, Callable[[Any], Any]] = {
+            name: t.decode for name, t in transcoder.names.items()
+        }
+
+    def decode(self, transcoder: JSONTranscoder, data: bytes) -> Any:
+        try:
+            value = orjson.loads(data)
+            t = type(value)
+            if t is dict:
+                return self._dict(value)
+            if t is list:
+                return self._list(value)
+            if t is not float:
+                return value
+        except (orjson.JSONDecodeError, _Unusual):
+            pass
+        return transcoder.decode(data)
+
+    def _typed(self, value: dict[str, Any]) -> Any:
+        data = value["_data_"]
+        t = type(data)
+        if t is dict:
+            data = self._dict(data)
+        elif t is list:
+            data = self._list(data)
+        elif t is float:
+            raise _Unusual
+        decoder = self.decoders.get(value["_type_"])
+        if decoder is None:
+            raise _Unusual
+        return decoder(data)
+
+    def _dict(self, value: dict[str, Any]) -> Any:
+        for k, v in value.items():
+            t = type(v)
+            if t is dict:
+                value[k] = self._dict(v)
+            elif t is list:
+                value[k] = self._list(v)
+            elif t is float:
+                raise _Unusual
+        if len(value) == 2 and "_type_" in value and "_data_" in value:
+            return self._typed(value)
+        return value
+
+    def _list(self, value: list[Any]) -> list[Any]:
+        out = []
+        for v in value:
+            t = type(v)
+            if t is dict:
+                v = self._dict(v)
+            elif t is list:
+                v = self._list(v)
+            elif t is float:
+                raise _Unusual
+            out.append(v)
+        return out
+
+
+class _Unusual(Exception):
+    """The fast path cannot decode this state the way the transcoder would."""
+
+
+_fast: weakref.WeakKeyDictionary[JSONTranscoder, _FastJSON] = weakref.WeakKeyDictionary()
+
+
+def _state_of(mapper: Mapper[Any], state_bytes: bytes) -> dict[str, Any]:
+    transcoder = mapper.transcoder
+    if isinstance(transcoder, JSONTranscoder):
+        fast = _fast.get(transcoder)
+        if fast is None or len(fast.decoders) != len(transcoder.names):
+            fast = _fast[transcoder] = _FastJSON(transcoder)
+        state: dict[str, Any] = fast.decode(transcoder, state_bytes)
+        return state
+    decoded: dict[str, Any] = transcoder.decode(state_bytes)
+    return decoded
+
+
+@functools.lru_cache(maxsize=1024)
+def _topic_names(topic: str) -> tuple[str, str]:
+    return split_topic(topic)
+
+
 def decode(mapper: Mapper[Any], notification: Notification) -> EventRecord:
     """Decode one stored notification into an :class:`EventRecord`."""
     state_bytes = notification.state
@@ -99,24 +192,25 @@ def decode(mapper: Mapper[Any], notification: Notification) -> EventRecord:
         state_bytes = mapper.cipher.decrypt(state_bytes)
     if mapper.compressor:
         state_bytes = mapper.compressor.decompress(state_bytes)
-    state: dict[str, Any] = mapper.transcoder.decode(state_bytes)
-    aggregate_type, event_type = split_topic(notification.topic)
-    occurred_at = state.get("occurred_at")
-    recorded_at = state.get("timestamp")
-    actor = state.get("actor")
-    payload = {k: v for k, v in state.items() if k not in _ENVELOPE_KEYS}
-    aggregate_id = UUID(str(notification.originator_id))
+    payload = _state_of(mapper, state_bytes)  # a fresh dict: the envelope is taken out
+    aggregate_type, event_type = _topic_names(notification.topic)
+    occurred_at = payload.pop("occurred_at", None)
+    recorded_at = payload.pop("timestamp", None)
+    actor = payload.pop("actor", None)
+    payload.pop("originator_topic", None)
+    originator_id = notification.originator_id
+    aggregate_id = originator_id if type(originator_id) is UUID else UUID(str(originator_id))
     return EventRecord(
-        position=notification.id,
-        aggregate_id=aggregate_id,
-        key=str(aggregate_id),
-        aggregate_type=aggregate_type,
-        event_type=event_type,
-        version=notification.originator_version,
-        actor=actor if isinstance(actor, str) else None,
-        occurred_at=occurred_at if isinstance(occurred_at, datetime) else None,
-        recorded_at=recorded_at if isinstance(recorded_at, datetime) else None,
-        payload=payload,
+        notification.id,
+        aggregate_id,
+        aggregate_type,
+        event_type,
+        notification.originator_version,
+        actor if isinstance(actor, str) else None,
+        occurred_at if isinstance(occurred_at, datetime) else None,
+        recorded_at if isinstance(recorded_at, datetime) else None,
+        payload,
+        str(aggregate_id),
     )
 
 

@@ -27,8 +27,15 @@ CREATED_FIELDS = (
 )
 
 
+_PLAIN = frozenset({str, int, bool, type(None)})
+
+
 def _change(before: Any, after: Any) -> dict[str, Any]:
-    return {"before": to_json_value(before), "after": to_json_value(after)}
+    # Most values are already plain JSON (names, ids, None): no walk for those.
+    return {
+        "before": before if type(before) in _PLAIN else to_json_value(before),
+        "after": after if type(after) in _PLAIN else to_json_value(after),
+    }
 
 
 def changes_of(record: EventRecord) -> dict[str, dict[str, Any]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, ClassVar
 
+import orjson
 from sqlalchemy import (
     JSON,
     Column,
@@ -30,6 +32,7 @@ from sqlalchemy import (
     String,
     Table,
     TypeDecorator,
+    bindparam,
     insert,
     inspect,
     select,
@@ -38,6 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlalchemy.types import TypeEngine
 
 from libs.application.records import EventRecord
@@ -136,10 +140,27 @@ class Projection(ABC):
     def table_names(self, generation: int) -> list[str]:
         return [t.name for t in self.tables(generation).values()]
 
-    async def create_tables(self, conn: AsyncConnection, generation: int) -> None:
+    async def create_tables(
+        self, conn: AsyncConnection, generation: int, *, indexes: bool = True
+    ) -> None:
+        """Create the generation's tables; without ``indexes``, only their primary keys.
+
+        A rebuild fills its tables without secondary indexes (every row written would
+        update each of them) and builds them once at the end, see :meth:`create_indexes`.
+        """
         tables = list(self.tables(generation).values())
-        metadata = tables[0].metadata
-        await conn.run_sync(lambda sync: metadata.create_all(sync, tables=tables))
+        if indexes:
+            metadata = tables[0].metadata
+            await conn.run_sync(lambda sync: metadata.create_all(sync, tables=tables))
+            return
+        for table in tables:
+            await conn.execute(CreateTable(table, if_not_exists=True))
+
+    async def create_indexes(self, conn: AsyncConnection, generation: int) -> None:
+        """Create the secondary indexes of the generation's tables that are missing."""
+        for table in self.tables(generation).values():
+            for index in sorted(table.indexes, key=lambda i: i.name or ""):
+                await conn.execute(CreateIndex(index, if_not_exists=True))
 
     async def drop_generations(self, conn: AsyncConnection, keep: Iterable[int]) -> list[str]:
         """Drop this projection's tables of every generation not in ``keep``."""
@@ -167,25 +188,77 @@ def upsert(table: Table, keys: Sequence[str], dialect: str) -> Any:
     )
 
 
-def _json_text(value: Any) -> Any:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
+def json_text(value: Any) -> str | None:
+    """Compact JSON text of a JSON-ready value (what a JSON column stores)."""
+    if value is None:
+        return None
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # what orjson refuses (integers beyond 64 bits, ...), json takes
+        return json.dumps(value, separators=(",", ":"))
 
 
-def _utc(value: Any) -> Any:
-    return None if value is None else value.astimezone(UTC)
+def _money(value: Any) -> Any:
+    return value if value is None or type(value) is Decimal else Decimal(value)
 
 
-def _copy_converters(table: Table) -> list[tuple[str, Callable[[Any], Any] | None]]:
-    """Per column, how a Python value becomes what COPY expects (None: as it is)."""
-    out: list[tuple[str, Callable[[Any], Any] | None]] = []
-    for column in table.columns:
-        convert: Callable[[Any], Any] | None = None
-        if isinstance(column.type, JSON):
-            convert = _json_text
-        elif isinstance(column.type, UtcDateTime):
-            convert = _utc
-        out.append((column.name, convert))
-    return out
+_PG: Dialect = postgresql.asyncpg.dialect()  # type: ignore[no-untyped-call]
+Converter = Callable[[Any], Any] | None
+
+
+@dataclass(frozen=True)
+class _PgColumns:
+    """A table's columns as asyncpg takes them: names, array types, value converters."""
+
+    names: list[str]
+    quoted: list[str]
+    array_types: list[str]
+    converters: list[Converter]
+
+
+_pg_columns_cache: weakref.WeakKeyDictionary[Table, _PgColumns] = weakref.WeakKeyDictionary()
+
+
+def _pg_columns(table: Table) -> _PgColumns:
+    found = _pg_columns_cache.get(table)
+    if found is None:
+        names, quoted, types, converters = [], [], [], []
+        for column in table.columns:
+            names.append(column.name)
+            quoted.append(_PG.identifier_preparer.quote(column.name))
+            types.append(f"{column.type.compile(dialect=_PG)}[]")
+            convert: Converter = None
+            if isinstance(column.type, JSON):
+                convert = json_text
+            elif isinstance(column.type, Money):
+                convert = _money
+            # asyncpg converts aware datetimes to UTC itself (UtcDateTime needs nothing).
+            converters.append(convert)
+        found = _PgColumns(names, quoted, types, converters)
+        _pg_columns_cache[table] = found
+    return found
+
+
+def _pg_arrays(
+    columns: _PgColumns, rows: Sequence[dict[str, Any]], names: Sequence[str]
+) -> list[list[Any]]:
+    """Column-wise value lists of ``rows`` for the given column names."""
+    index = {name: i for i, name in enumerate(columns.names)}
+    arrays = []
+    for name in names:
+        values = [row.get(name) for row in rows]
+        convert = columns.converters[index[name]]
+        if convert is not None:
+            values = [convert(v) for v in values]
+        arrays.append(values)
+    return arrays
+
+
+async def _driver(conn: AsyncConnection) -> Any:
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    return driver
 
 
 async def bulk_insert(conn: AsyncConnection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
@@ -199,16 +272,115 @@ async def bulk_insert(conn: AsyncConnection, table: Table, rows: Sequence[dict[s
         for i in range(0, len(rows), 1000):
             await conn.execute(insert(table), list(rows[i : i + 1000]))
         return
-    converters = _copy_converters(table)
-    records = [
-        tuple(f(row.get(name)) if f else row.get(name) for name, f in converters) for row in rows
-    ]
-    raw = await conn.get_raw_connection()
-    driver = raw.driver_connection
-    assert driver is not None
-    await driver.copy_records_to_table(
-        table.name, records=records, columns=[name for name, _ in converters]
-    )
+    columns = _pg_columns(table)
+    records = list(zip(*_pg_arrays(columns, rows, columns.names), strict=True))
+    driver = await _driver(conn)
+    await driver.copy_records_to_table(table.name, records=records, columns=columns.names)
+
+
+def _last_by_key(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per key, the last one given (what row-by-row upserts would leave)."""
+    if len(keys) == 1:
+        (key,) = keys
+        by_key = {row[key]: row for row in rows}
+    else:
+        by_key = {tuple(row[k] for k in keys): row for row in rows}
+    return list(by_key.values()) if len(by_key) < len(rows) else list(rows)
+
+
+async def bulk_upsert(
+    conn: AsyncConnection, table: Table, keys: Sequence[str], rows: Sequence[dict[str, Any]]
+) -> None:
+    """Insert rows or replace the stored rows with the same ``keys``; later rows win.
+
+    PostgreSQL gets every row in one statement (column arrays through ``unnest``), with no
+    per-row parameter processing; SQLite gets row-by-row upserts. Every row carries every
+    column.
+    """
+    if not rows:
+        return
+    if conn.dialect.name != "postgresql":
+        stmt = upsert(table, keys, conn.dialect.name)
+        for i in range(0, len(rows), 1000):
+            await conn.execute(stmt, list(rows[i : i + 1000]))
+        return
+    rows = _last_by_key(rows, keys)
+    columns = _pg_columns(table)
+    arrays = _pg_arrays(columns, rows, columns.names)
+    driver = await _driver(conn)
+    await driver.execute(_upsert_sql(table, tuple(keys)), *arrays)
+
+
+# By table name and column names: the statements name no schema (search_path decides).
+_sql_cache: dict[tuple[str, str, tuple[str, ...], tuple[str, ...], tuple[str, ...]], str] = {}
+
+
+def _upsert_sql(table: Table, keys: tuple[str, ...]) -> str:
+    cache_key = ("upsert", table.name, tuple(_pg_columns(table).names), keys, ())
+    sql = _sql_cache.get(cache_key)
+    if sql is None:
+        columns = _pg_columns(table)
+        quote = _PG.identifier_preparer.quote
+        arrays = ", ".join(f"${i}::{t}" for i, t in enumerate(columns.array_types, 1))
+        updates = [
+            f"{q} = EXCLUDED.{q}"
+            for n, q in zip(columns.names, columns.quoted, strict=True)
+            if n not in keys
+        ]
+        action = f"DO UPDATE SET {', '.join(updates)}" if updates else "DO NOTHING"
+        sql = (
+            f"INSERT INTO {quote(table.name)} ({', '.join(columns.quoted)}) "
+            f"SELECT * FROM unnest({arrays}) "
+            f"ON CONFLICT ({', '.join(quote(k) for k in keys)}) {action}"
+        )
+        _sql_cache[cache_key] = sql
+    return sql
+
+
+async def bulk_update(
+    conn: AsyncConnection,
+    table: Table,
+    keys: Sequence[str],
+    values: Sequence[str],
+    rows: Sequence[dict[str, Any]],
+) -> None:
+    """Set the ``values`` columns of the stored rows matching each row's ``keys``.
+
+    One ``UPDATE ... FROM unnest(...)`` on PostgreSQL; row by row elsewhere. Each stored
+    row is matched by at most one given row.
+    """
+    if not rows:
+        return
+    if conn.dialect.name != "postgresql":
+        stmt = (
+            update(table)
+            .where(*(table.c[k] == bindparam(f"k_{k}") for k in keys))
+            .values({v: bindparam(f"v_{v}") for v in values})
+        )
+        params = [
+            {**{f"k_{k}": row[k] for k in keys}, **{f"v_{v}": row[v] for v in values}}
+            for row in rows
+        ]
+        for i in range(0, len(params), 1000):
+            await conn.execute(stmt, params[i : i + 1000])
+        return
+    names = (*keys, *values)
+    columns = _pg_columns(table)
+    cache_key = ("update", table.name, tuple(columns.names), tuple(keys), tuple(values))
+    sql = _sql_cache.get(cache_key)
+    if sql is None:
+        quote = _PG.identifier_preparer.quote
+        types = dict(zip(columns.names, columns.array_types, strict=True))
+        arrays = ", ".join(f"${i}::{types[n]}" for i, n in enumerate(names, 1))
+        sql = (
+            f"UPDATE {quote(table.name)} AS t SET "
+            + ", ".join(f"{quote(v)} = v.{quote(v)}" for v in values)
+            + f" FROM unnest({arrays}) AS v({', '.join(quote(n) for n in names)}) WHERE "
+            + " AND ".join(f"t.{quote(k)} = v.{quote(k)}" for k in keys)
+        )
+        _sql_cache[cache_key] = sql
+    driver = await _driver(conn)
+    await driver.execute(sql, *_pg_arrays(columns, rows, names))
 
 
 async def create_state_table(engine: AsyncEngine) -> None:

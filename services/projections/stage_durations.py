@@ -23,7 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.application.records import EventRecord
-from services.projections.base import Projection, UtcDateTime, upsert
+from services.projections.base import Projection, UtcDateTime, bulk_upsert
 from services.projections.current_pipeline import DEAL_EVENTS, OWNER_EVENTS, PIPELINE_EVENTS
 
 EXIT_KINDS = ("advanced", "moved_back", "won", "lost", "moved_pipeline")
@@ -159,11 +159,7 @@ class StageDurations(Projection):
                 last[deal_id] = row
                 changed[(deal_id, row["visit"])] = row
 
-        if changed:
-            out = list(changed.values())
-            stmt = upsert(visits_t, ["deal_id", "visit"], conn.dialect.name)
-            for i in range(0, len(out), 1000):
-                await conn.execute(stmt, out[i : i + 1000])
+        await bulk_upsert(conn, visits_t, ["deal_id", "visit"], list(changed.values()))
 
 
 # --- queries --------------------------------------------------------------------------------
