@@ -4,13 +4,14 @@ stale deals and stage durations."""
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from sqlalchemy import BigInteger, and_, case, false, func, literal, null, or_, select
+
 from services.projections import analytics, current_pipeline, stage_durations
 from services.projections.analytics import membership_at
-from services.projections.current_pipeline import DealFilter
 from services.reports import (
     Report,
     ReportContext,
@@ -25,6 +26,9 @@ ZERO = Decimal(0)
 DAY = 86400.0
 VELOCITY_DEFAULT_DAYS = 90
 STALE_LIMIT = 1000
+DAY_MICROS = 86_400_000_000
+RANK_MARGIN_MICROS = 1000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _days(a: datetime, b: datetime) -> float:
@@ -50,57 +54,70 @@ def _stage_names(pipeline: dict[str, Any] | None) -> dict[str, str]:
     return {s["id"]: s["name"] for s in (*pipeline["stages"], *pipeline["removed_stages"])}
 
 
-async def _outcomes(
-    ctx: ReportContext, params: ReportParams, *, until_end_only: bool = False
-) -> tuple[list[dict[str, Any]], Any, int]:
-    """Closes in the period (or, with ``until_end_only``, all closes before its end),
-    filtered by owner and by team as of each close; with the membership history."""
+def _close_filter(params: ReportParams) -> analytics.CloseFilter:
+    """The closes of the period (by pipeline, owner, and team as of each close)."""
+    return analytics.CloseFilter(
+        pipeline_id=str(params.pipeline_id) if params.pipeline_id else None,
+        start=params.start,
+        end=params.end,
+        owner=params.owner,
+        team=params.team,
+    )
+
+
+async def _team_owners(ctx: ReportContext, params: ReportParams, now: datetime) -> list[str] | None:
+    """The owners in ``params.team`` at ``now`` (None without a team filter)."""
+    if params.team is None:
+        return None
     async with ctx.models.open("analytics", params.min_position) as view:
-        rows = await analytics.outcomes(
-            view.conn,
-            view.tables,
-            pipeline_id=str(params.pipeline_id) if params.pipeline_id else None,
-            start=None if until_end_only else params.start,
-            end=params.end,
-        )
         members = await analytics.memberships(view.conn, view.tables)
-        position = view.position
-    for row in rows:
-        row["team"], row["region"] = membership_at(members, row["owner"], row["closed_at"])
-    rows = [
-        r
-        for r in rows
-        if (params.owner is None or r["owner"] == params.owner)
-        and (params.team is None or r["team"] == params.team)
-    ]
-    return rows, members, position
+    return sorted(o for o in members if membership_at(members, o, now)[0] == params.team)
 
 
-async def _open_deals(
-    ctx: ReportContext, params: ReportParams
-) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], int]:
-    """Open deals now (filtered by pipeline, owner, and team as of now), and pipelines."""
-    now = ctx.clock()
+def _open_deal_clauses(
+    deals: Any, params: ReportParams, team_owners: list[str] | None
+) -> list[Any]:
+    """Open deals now, filtered by pipeline, owner, and team as of now."""
+    clauses: list[Any] = [deals.c.status == "open"]
+    if params.pipeline_id is not None:
+        clauses.append(deals.c.pipeline_id == str(params.pipeline_id))
+    if params.owner is not None:
+        clauses.append(deals.c.owner == params.owner)
+    if team_owners is not None:
+        clauses.append(deals.c.owner.in_(team_owners) if team_owners else false())
+    return clauses
+
+
+async def _open_deal_totals(
+    ctx: ReportContext, params: ReportParams, group_by: str | None
+) -> tuple[list[dict[str, Any]], int]:
+    """Open deals now: ``count``, ``value`` and ``weighted_value``, per ``group_by`` column
+    (one row over all without)."""
+    team_owners = await _team_owners(ctx, params, ctx.clock())
     async with ctx.models.open("current_pipeline", params.min_position) as view:
-        pipelines = {
-            p["pipeline_id"]: p
-            for p in await current_pipeline.list_pipelines(view.conn, view.tables)
-        }
-        deals: list[dict[str, Any]] = []
-        after = None
-        filters = DealFilter(pipeline_id=params.pipeline_id, status="open", owner=params.owner)
-        while True:
-            page = await current_pipeline.list_deals(view.conn, view.tables, filters, after, 5000)
-            deals += page
-            if len(page) < 5000:
-                break
-            after = (page[-1]["created_at"], page[-1]["deal_id"])
+        deals = view.tables["deals"]
+        dialect = view.conn.dialect.name
+        keys = [deals.c[group_by]] if group_by else []
+        query = select(
+            *keys,
+            func.count().label("count"),
+            *analytics.money_sum(deals.c.value, dialect, "value"),
+            *analytics.money_sum(deals.c.weighted_value, dialect, "weighted_value"),
+        ).where(*_open_deal_clauses(deals, params, team_owners))
+        if keys:
+            query = query.group_by(*keys)
+        result = (await view.conn.execute(query)).mappings().all()
         position = view.position
-    if params.team is not None:
-        async with ctx.models.open("analytics", params.min_position) as aview:
-            members = await analytics.memberships(aview.conn, aview.tables)
-        deals = [d for d in deals if membership_at(members, d["owner"], now)[0] == params.team]
-    return deals, pipelines, position
+    rows = [
+        {
+            **({"key": r[group_by]} if group_by else {}),
+            "count": int(r["count"]),
+            "value": analytics.money_total(r, "value"),
+            "weighted_value": analytics.money_total(r, "weighted_value"),
+        }
+        for r in result
+    ]
+    return rows, position
 
 
 # --- funnel ---------------------------------------------------------------------------------
@@ -110,70 +127,32 @@ async def funnel(ctx: ReportContext, params: ReportParams) -> Report:
     """Per stage: deals that reached it in the period, how many went on, were lost there,
     were won, and the stage-to-stage and stage-to-won conversion."""
     pipeline, position = await _pipeline(ctx, params)
-    pid = str(params.pipeline_id)
-    async with ctx.models.open("analytics", params.min_position) as view:
-        reach = await analytics.reach_rows(view.conn, view.tables, pid, params.end)
-        closes = await analytics.outcomes(
-            view.conn, view.tables, pipeline_id=pid, start=None, end=params.end
-        )
-        members = await analytics.memberships(view.conn, view.tables)
-        position = min(position, view.position)
     order = [s["id"] for s in pipeline["stages"]]
-    index = {sid: i for i, sid in enumerate(order)}
-    by_deal: dict[str, dict[str, datetime]] = defaultdict(dict)
-    by_stage: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in reach:
-        by_deal[r["deal_id"]][r["stage_id"]] = r["reached_at"]
-        by_stage[r["stage_id"]].append(r)
-    closes_by_deal: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for c in closes:
-        closes_by_deal[c["deal_id"]].append(c)
-
-    def in_period(moment: datetime) -> bool:
-        return (params.start is None or moment >= params.start) and (
-            params.end is None or moment < params.end
+    async with ctx.models.open("analytics", params.min_position) as view:
+        counts = await analytics.funnel_counts(
+            view.conn,
+            view.tables,
+            str(params.pipeline_id),
+            order,
+            start=params.start,
+            end=params.end,
+            owner=params.owner,
+            team=params.team,
         )
-
-    def selected(r: dict[str, Any]) -> bool:
-        if params.owner is not None and r["owner"] != params.owner:
-            return False
-        if params.team is not None:
-            return membership_at(members, r["owner"], r["reached_at"])[0] == params.team
-        return True
-
+        position = min(position, view.position)
     names = _stage_names(pipeline)
     rows = []
     for stage_id in order:
-        cohort = {
-            r["deal_id"]: r
-            for r in by_stage.get(stage_id, [])
-            if in_period(r["reached_at"]) and selected(r)
-        }
-        entered = len(cohort)
-        skipped = sum(1 for r in cohort.values() if r["how"] == "skipped")
-        advanced = lost = won = 0
-        for deal_id, r in cohort.items():
-            since = r["reached_at"]
-            later = [
-                at
-                for sid, at in by_deal[deal_id].items()
-                if index.get(sid, -1) > index[stage_id] and at >= since
-            ]
-            if later:
-                advanced += 1
-            deal_closes = [c for c in closes_by_deal.get(deal_id, []) if c["closed_at"] >= since]
-            if any(c["outcome"] == "lost" and c["stage_id"] == stage_id for c in deal_closes):
-                lost += 1
-            if any(c["outcome"] == "won" for c in deal_closes):
-                won += 1
+        c = counts.get(stage_id, {})
+        entered, advanced, won = c.get("entered", 0), c.get("advanced", 0), c.get("won", 0)
         rows.append(
             {
                 "stage_id": stage_id,
                 "stage_name": names.get(stage_id, stage_id),
                 "entered": entered,
-                "of_which_skipped": skipped,
+                "of_which_skipped": c.get("skipped", 0),
                 "advanced": advanced,
-                "lost_here": lost,
+                "lost_here": c.get("lost_here", 0),
                 "won": won,
                 "conversion_to_next": ratio(advanced, entered),
                 "conversion_to_won": ratio(won, entered),
@@ -197,10 +176,10 @@ async def funnel(ctx: ReportContext, params: ReportParams) -> Report:
 # --- win rate and lost reasons --------------------------------------------------------------
 
 
-def _win_rows(closes: list[dict[str, Any]], dimension: str, key: str) -> list[dict[str, Any]]:
-    counts: dict[Any, list[int]] = defaultdict(lambda: [0, 0])
-    for c in closes:
-        counts[c[key]][0 if c["outcome"] == "won" else 1] += 1
+def _win_rows(counts: list[dict[str, Any]], dimension: str, key: str) -> list[dict[str, Any]]:
+    totals: dict[Any, list[int]] = defaultdict(lambda: [0, 0])
+    for c in counts:
+        totals[c[key]][0 if c["outcome"] == "won" else 1] += c["n"]
     return [
         {
             "dimension": dimension,
@@ -209,22 +188,24 @@ def _win_rows(closes: list[dict[str, Any]], dimension: str, key: str) -> list[di
             "lost": lost,
             "win_rate": ratio(w, w + lost),
         }
-        for k, (w, lost) in sorted(counts.items(), key=lambda kv: str(kv[0]))
+        for k, (w, lost) in sorted(totals.items(), key=lambda kv: str(kv[0]))
     ]
 
 
 async def win_rate(ctx: ReportContext, params: ReportParams) -> Report:
     """won / (won + lost) over the closes in the period: overall, by owner, team, region,
     and by the stage the deal was in when it closed."""
-    closes, _, position = await _outcomes(ctx, params)
+    async with ctx.models.open("analytics", params.min_position) as view:
+        counts = await analytics.close_counts(view.conn, view.tables, _close_filter(params))
+        position = view.position
     names: dict[str, str] = {}
     if params.pipeline_id is not None:
         pipeline, _ = await _pipeline(ctx, params)
         names = _stage_names(pipeline)
-    for c in closes:
+    for c in counts:
         c["stage"] = names.get(c["stage_id"], c["stage_id"])
-    won = sum(1 for c in closes if c["outcome"] == "won")
-    lost = len(closes) - won
+    won = sum(c["n"] for c in counts if c["outcome"] == "won")
+    lost = sum(c["n"] for c in counts) - won
     rows = [
         {
             "dimension": "overall",
@@ -240,7 +221,7 @@ async def win_rate(ctx: ReportContext, params: ReportParams) -> Report:
         ("region", "region"),
         ("stage", "stage"),
     ):
-        rows += _win_rows(closes, dimension, key)
+        rows += _win_rows(counts, dimension, key)
     summary = {"won": won, "lost": lost, "win_rate": ratio(won, won + lost)}
     return Report(
         "win-rate",
@@ -255,20 +236,22 @@ async def win_rate(ctx: ReportContext, params: ReportParams) -> Report:
 
 async def lost_reasons(ctx: ReportContext, params: ReportParams) -> Report:
     """Count and value of losses in the period per reason, and per stage and reason."""
-    closes, _, position = await _outcomes(ctx, params)
+    async with ctx.models.open("analytics", params.min_position) as view:
+        groups = await analytics.loss_totals(view.conn, view.tables, _close_filter(params))
+        position = view.position
     names: dict[str, str] = {}
     if params.pipeline_id is not None:
         pipeline, _ = await _pipeline(ctx, params)
         names = _stage_names(pipeline)
-    losses = [c for c in closes if c["outcome"] == "lost"]
     per_reason: dict[str, list[Any]] = defaultdict(lambda: [0, ZERO])
     per_stage: dict[tuple[str, str], list[Any]] = defaultdict(lambda: [0, ZERO])
-    for c in losses:
-        reason = c["lost_reason"] or "(none)"
-        per_reason[reason][0] += 1
-        per_reason[reason][1] += c["value"]
-        per_stage[(c["stage_id"], reason)][0] += 1
-        per_stage[(c["stage_id"], reason)][1] += c["value"]
+    for g in groups:
+        reason = g["lost_reason"] or "(none)"
+        per_reason[reason][0] += g["n"]
+        per_reason[reason][1] += g["value"]
+        per_stage[(g["stage_id"], reason)][0] += g["n"]
+        per_stage[(g["stage_id"], reason)][1] += g["value"]
+    losses = sum(g["n"] for g in groups)
     rows: list[dict[str, Any]] = [
         {
             "dimension": "reason",
@@ -277,7 +260,7 @@ async def lost_reasons(ctx: ReportContext, params: ReportParams) -> Report:
             "reason": reason,
             "count": n,
             "value": value,
-            "share": ratio(n, len(losses)),
+            "share": ratio(n, losses),
         }
         for reason, (n, value) in sorted(per_reason.items(), key=lambda kv: (-kv[1][0], kv[0]))
     ]
@@ -289,16 +272,16 @@ async def lost_reasons(ctx: ReportContext, params: ReportParams) -> Report:
             "reason": reason,
             "count": n,
             "value": value,
-            "share": ratio(n, len(losses)),
+            "share": ratio(n, losses),
         }
         for (sid, reason), (n, value) in sorted(per_stage.items())
     ]
-    total_value = sum((c["value"] for c in losses), ZERO)
+    total_value = sum((g["value"] for g in groups), ZERO)
     return Report(
         "lost-reasons",
         params.as_dict(),
         rows,
-        {"lost": len(losses), "lost_value": total_value},
+        {"lost": losses, "lost_value": total_value},
         position,
     )
 
@@ -313,8 +296,10 @@ def _month(d: date | datetime) -> str:
 async def forecast(ctx: ReportContext, params: ReportParams) -> Report:
     """Open deals' value and weighted value by expected close month (overdue and undated
     in their own buckets), with the value won per month beside it."""
-    deals, _, position = await _open_deals(ctx, params)
-    closes, _, apos = await _outcomes(ctx, params)
+    by_date, position = await _open_deal_totals(ctx, params, "expected_close_date")
+    async with ctx.models.open("analytics", params.min_position) as view:
+        wins = await analytics.wins_by_month(view.conn, view.tables, _close_filter(params))
+        apos = view.position
     today = ctx.clock().date()
     buckets: dict[str, dict[str, Any]] = {}
 
@@ -333,8 +318,8 @@ async def forecast(ctx: ReportContext, params: ReportParams) -> Report:
 
     start_month = _month(params.start) if params.start else None
     end_month = _month(params.end - timedelta(microseconds=1)) if params.end else None
-    for d in deals:
-        close = d["expected_close_date"]
+    for d in by_date:
+        close = d["key"]
         if close is None:
             name = "no date"
         elif close < today:
@@ -344,14 +329,13 @@ async def forecast(ctx: ReportContext, params: ReportParams) -> Report:
             if (start_month and name < start_month) or (end_month and name > end_month):
                 continue
         b = bucket(name)
-        b["open_count"] += 1
+        b["open_count"] += d["count"]
         b["open_value"] += d["value"]
         b["weighted_value"] += d["weighted_value"]
-    for c in closes:
-        if c["outcome"] == "won":
-            b = bucket(_month(c["closed_at"]))
-            b["won_count"] += 1
-            b["won_value"] += c["value"]
+    for w in wins:
+        b = bucket(w["month"])
+        b["won_count"] += w["n"]
+        b["won_value"] += w["value"]
     special = {"overdue": "0", "no date": "1"}
     rows = sorted(buckets.values(), key=lambda b: special.get(b["bucket"], "2" + b["bucket"]))
     summary = {
@@ -377,26 +361,28 @@ async def forecast(ctx: ReportContext, params: ReportParams) -> Report:
 async def cycle_time(ctx: ReportContext, params: ReportParams) -> Report:
     """Days from creation to won and to lost for closes in the period: mean, median and
     90th percentile, overall, by owner and by team."""
-    closes, _, position = await _outcomes(ctx, params)
+    async with ctx.models.open("analytics", params.min_position) as view:
+        groups = await analytics.close_durations(view.conn, view.tables, _close_filter(params))
+        position = view.position
+    for g in groups:
+        g["days"] = [analytics.micros_to_days(m) for m in g.pop("micros")]
     rows = []
     for dimension, key in (("overall", None), ("owner", "owner"), ("team", "team")):
-        groups: dict[Any, dict[str, list[float]]] = defaultdict(lambda: {"won": [], "lost": []})
-        for c in closes:
-            groups[c[key] if key else None][c["outcome"]].append(
-                _days(c["created_at"], c["closed_at"])
-            )
-        for k in sorted(groups, key=str):
+        by_key: dict[Any, dict[str, list[float]]] = defaultdict(lambda: {"won": [], "lost": []})
+        for g in groups:
+            by_key[g[key] if key else None][g["outcome"]].extend(g["days"])
+        for k in sorted(by_key, key=str):
             for outcome in ("won", "lost"):
                 rows.append(
                     {
                         "dimension": dimension,
                         "key": k,
                         "outcome": outcome,
-                        **day_stats(groups[k][outcome]),
+                        **day_stats(by_key[k][outcome]),
                     }
                 )
-    won_days = [_days(c["created_at"], c["closed_at"]) for c in closes if c["outcome"] == "won"]
-    lost_days = [_days(c["created_at"], c["closed_at"]) for c in closes if c["outcome"] == "lost"]
+    won_days = [d for g in groups if g["outcome"] == "won" for d in g["days"]]
+    lost_days = [d for g in groups if g["outcome"] == "lost" for d in g["days"]]
     summary = {"won": day_stats(won_days), "lost": day_stats(lost_days)}
     return Report("cycle-time", params.as_dict(), rows, summary, position)
 
@@ -417,19 +403,24 @@ async def velocity(ctx: ReportContext, params: ReportParams) -> Report:
             params.team,
             params.min_position,
         )
-    deals, _, position = await _open_deals(ctx, params)
-    closes, _, apos = await _outcomes(ctx, params)
-    wins = [c for c in closes if c["outcome"] == "won"]
-    rate = ratio(len(wins), len(closes))
-    avg_value = sum((c["value"] for c in wins), ZERO) / len(wins) if wins else None
-    days = [_days(c["created_at"], c["closed_at"]) for c in wins]
+    open_totals, position = await _open_deal_totals(ctx, params, None)
+    open_deals = sum(t["count"] for t in open_totals)
+    async with ctx.models.open("analytics", params.min_position) as view:
+        closes = _close_filter(params)
+        totals = await analytics.close_totals(view.conn, view.tables, closes)
+        micros = await analytics.win_durations(view.conn, view.tables, closes)
+        apos = view.position
+    wins = totals["won"]
+    rate = ratio(wins, totals["closes"])
+    avg_value = totals["won_value"] / wins if wins else None
+    days = [analytics.micros_to_days(m) for m in micros]
     avg_days = sum(days) / len(days) if days else None
     result = None
     if rate is not None and avg_value is not None and avg_days:
-        result = Decimal(len(deals)) * Decimal(str(rate)) * avg_value / Decimal(str(avg_days))
+        result = Decimal(open_deals) * Decimal(str(rate)) * avg_value / Decimal(str(avg_days))
         result = result.quantize(Decimal("0.01"))
     summary = {
-        "open_deals": len(deals),
+        "open_deals": open_deals,
         "win_rate": rate,
         "average_won_value": avg_value.quantize(Decimal("0.01")) if avg_value else None,
         "average_days_to_win": avg_days,
@@ -451,8 +442,11 @@ async def velocity(ctx: ReportContext, params: ReportParams) -> Report:
 async def owners(ctx: ReportContext, params: ReportParams) -> Report:
     """Per rep: open deals and value, weighted value (now); won count and value, lost count,
     win rate, average won deal size, median days to win and events recorded (in the period)."""
-    deals, _, position = await _open_deals(ctx, params)
-    closes, members, apos = await _outcomes(ctx, params)
+    open_totals, position = await _open_deal_totals(ctx, params, "owner")
+    async with ctx.models.open("analytics", params.min_position) as view:
+        closes = await analytics.owner_closes(view.conn, view.tables, _close_filter(params))
+        members = await analytics.memberships(view.conn, view.tables)
+        apos = view.position
     now = ctx.clock()
     per: dict[str, dict[str, Any]] = {}
 
@@ -473,19 +467,17 @@ async def owners(ctx: ReportContext, params: ReportParams) -> Report:
             }
         return per[owner]
 
-    for d in deals:
-        e = entry(d["owner"])
-        e["open_deals"] += 1
-        e["open_value"] += d["value"]
-        e["weighted_value"] += d["weighted_value"]
+    for t in open_totals:
+        e = entry(t["key"])
+        e["open_deals"] += t["count"]
+        e["open_value"] += t["value"]
+        e["weighted_value"] += t["weighted_value"]
     for c in closes:
         e = entry(c["owner"])
-        if c["outcome"] == "won":
-            e["won"] += 1
-            e["won_value"] += c["value"]
-            e["_days"].append(_days(c["created_at"], c["closed_at"]))
-        else:
-            e["lost"] += 1
+        e["won"] += c["won"]
+        e["won_value"] += c["won_value"]
+        e["lost"] += c["lost"]
+        e["_days"] += [analytics.micros_to_days(m) for m in c["win_micros"]]
     async with ctx.models.open("audit_history", params.min_position) as view:
         events = await _events_by_actor(view.conn, view.tables, params)
     rows = []
@@ -510,8 +502,6 @@ async def owners(ctx: ReportContext, params: ReportParams) -> Report:
 
 
 async def _events_by_actor(conn: Any, tables: Any, params: ReportParams) -> dict[str, int]:
-    from sqlalchemy import func, select
-
     t = tables["events"]
     # the period is on business time, as for every report (recorded_at only if none)
     when = func.coalesce(t.c.occurred_at, t.c.recorded_at)
@@ -556,10 +546,93 @@ def staleness(
     }
 
 
+def _epoch_micros(moment: datetime) -> int:
+    delta = moment - EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _stale_over(deals: Any, pipelines: list[dict[str, Any]], now: datetime, dialect: str) -> Any:
+    """Per open deal, how far past its stale threshold it is now in microseconds (the larger
+    of rotting in a current stage of its pipeline and idling), NULL when it is not stale.
+
+    Thresholds are whole days (at most 3650), so these exact integer comparisons decide as
+    ``staleness`` does on float days."""
+    now_micros = literal(_epoch_micros(now), BigInteger)
+    in_stage = now_micros - analytics.epoch_micros(deals.c.entered_current_stage_at, dialect)
+    idle = now_micros - analytics.epoch_micros(deals.c.last_activity_at, dialect)
+    rotting = [
+        (
+            and_(deals.c.pipeline_id == p["pipeline_id"], deals.c.stage_id == stage["id"]),
+            stage["rotting_days"] * DAY_MICROS,
+        )
+        for p in pipelines
+        for stage in p["stages"]
+        if stage.get("rotting_days")
+    ]
+    idling = [
+        (deals.c.pipeline_id == p["pipeline_id"], p["stale_after_days"] * DAY_MICROS)
+        for p in pipelines
+        if p.get("stale_after_days")
+    ]
+    overs = []
+    for since, limits in ((in_stage, rotting), (idle, idling)):
+        if limits:
+            over = since - case(*limits)
+            overs.append(case((over > 0, over)))
+    if not overs:
+        return null()
+    if len(overs) == 1:
+        return overs[0]
+    a, b = overs
+    return case((a.is_(None), b), (b.is_(None), a), (a > b, a), else_=b)
+
+
+async def _stale_candidates(
+    ctx: ReportContext, params: ReportParams, now: datetime
+) -> tuple[list[dict[str, Any]], int, dict[str, dict[str, Any]], int]:
+    """Open stale deals now (by pipeline, owner, and team as of now), not snoozed: the most
+    stale ``STALE_LIMIT`` (and any within a hair of the last), their number, the pipelines."""
+    team_owners = await _team_owners(ctx, params, now)
+    async with ctx.models.open("current_pipeline", params.min_position) as view:
+        conn = view.conn
+        pipelines = {
+            p["pipeline_id"]: p for p in await current_pipeline.list_pipelines(conn, view.tables)
+        }
+        d = view.tables["deals"]
+        over = _stale_over(d, list(pipelines.values()), now, conn.dialect.name)
+        clauses = [
+            *_open_deal_clauses(d, params, team_owners),
+            or_(d.c.snoozed_until.is_(None), d.c.snoozed_until <= now),
+            over.is_not(None),
+        ]
+        total = int((await conn.execute(select(func.count()).where(*clauses))).scalar_one())
+        if total > STALE_LIMIT:
+            last = select(over).where(*clauses).order_by(over.desc()).offset(STALE_LIMIT - 1)
+            cutoff = (await conn.execute(last.limit(1))).scalar_one()
+            # the float days order as the exact microseconds do, but for rounding far
+            # below this margin; the exact order is made below
+            clauses.append(over >= int(cutoff) - RANK_MARGIN_MICROS)
+        query = select(
+            d.c.deal_id,
+            d.c.title,
+            d.c.pipeline_id,
+            d.c.owner,
+            d.c.stage_id,
+            d.c.status,
+            d.c.value,
+            d.c.entered_current_stage_at,
+            d.c.last_activity_at,
+            d.c.snoozed_until,
+        ).where(*clauses)
+        deals = [dict(r) for r in (await conn.execute(query)).mappings().all()]
+        position = view.position
+    return deals, total, pipelines, position
+
+
 async def stale_deals(ctx: ReportContext, params: ReportParams) -> Report:
     """Open stale deals, most stale first, with owner, stage and days (snoozed ones left out)."""
     now = ctx.clock()
-    deals, pipelines, position = await _open_deals(ctx, params)
+    deals, total, pipelines, position = await _stale_candidates(ctx, params, now)
     rows = []
     for d in deals:
         pipeline = pipelines.get(d["pipeline_id"])
@@ -582,7 +655,6 @@ async def stale_deals(ctx: ReportContext, params: ReportParams) -> Report:
             }
         )
     rows.sort(key=lambda r: (-r["days_stale"], r["deal_id"]))
-    total = len(rows)
     return Report(
         "stale-deals",
         params.as_dict(),
