@@ -456,6 +456,8 @@ async def _query_endpoint(
     client: httpx.AsyncClient, endpoint: dict[str, Any], req: dict[str, Any], concurrency: int
 ) -> dict[str, Any]:
     urls: list[str] = endpoint["urls"]
+    extra_headers: dict[str, str] | None = endpoint.get("headers")
+    cache: Counter[str] = Counter()  # X-Cache answers (board and reports)
     samples: list[float] = []
     sizes: list[int] = []
     errors: Counter[str] = Counter()
@@ -472,8 +474,10 @@ async def _query_endpoint(
                 issued += 1
                 started = time.perf_counter()
                 try:
-                    response = await client.get(url)
+                    response = await client.get(url, headers=extra_headers)
                     status, body = response.status_code, response.content
+                    if record and "x-cache" in response.headers:
+                        cache[response.headers["x-cache"]] += 1
                 except httpx.HTTPError as exc:
                     status, body = 599, type(exc).__name__.encode()
                 elapsed = (time.perf_counter() - started) * 1000
@@ -502,6 +506,7 @@ async def _query_endpoint(
             "error_examples": examples,
             "throughput_per_s": round(len(samples) / window, 1) if window > 0 else 0.0,
             "mean_response_bytes": round(sum(sizes) / len(sizes)) if sizes else 0,
+            "x_cache": dict(cache),
         }
     )
     return stats

@@ -118,10 +118,13 @@ def figures(results: dict[str, Any]) -> list[Figure]:
         if queries:
             clients = queries.get("clients")
             for name, stats in (queries.get("endpoints") or {}).items():
-                targeted = name in ("board", "report stage-durations")
+                targeted = name.removesuffix(" (no-cache)") in ("board", "report stage-durations")
                 p99 = stats.get("p99_ms")
                 failed = sum((stats.get("errors") or {}).values())
                 errors = f"; {failed} failed" if failed else ""
+                cached = stats.get("x_cache") or {}
+                if cached and "(no-cache)" not in name:
+                    errors += f"; {cached.get('hit', 0)} of {sum(cached.values())} from cache"
                 out.append(
                     Figure(
                         f"query {name} p99 ({clients} clients; p50 {stats.get('p50_ms')} ms"

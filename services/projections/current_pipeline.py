@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
+from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
@@ -21,16 +22,19 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    bindparam,
     delete,
     func,
     or_,
     select,
     tuple_,
+    union_all,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.expression import Executable
 
 from libs.application.records import EventRecord
-from services.projections.base import Money, Projection, UtcDateTime, upsert
+from services.projections.base import Money, Projection, UtcDateTime, bulk_upsert
 
 CENT = Decimal("0.0001")
 ZERO = Decimal(0)
@@ -243,15 +247,10 @@ class CurrentPipeline(Projection):
                     delta[1] += sign * value
                     delta[2] += sign * weight
 
-        if touched_pipelines:
-            await conn.execute(
-                upsert(pipelines_t, ["pipeline_id"], dialect),
-                [pipelines[p] for p in touched_pipelines],
-            )
-        if touched_deals:
-            deal_rows = [deals[d] for d in touched_deals]
-            for chunk in _chunks(deal_rows, 1000):
-                await conn.execute(upsert(deals_t, ["deal_id"], dialect), chunk)
+        await bulk_upsert(
+            conn, pipelines_t, ["pipeline_id"], [pipelines[p] for p in touched_pipelines]
+        )
+        await bulk_upsert(conn, deals_t, ["deal_id"], [deals[d] for d in touched_deals])
         if deltas:
             await self._apply_totals(conn, totals_t, deltas, dialect)
 
@@ -324,8 +323,7 @@ class CurrentPipeline(Projection):
                     tuple_(totals_t.c.pipeline_id, totals_t.c.stage_id).in_(chunk)
                 )
             )
-        if out:
-            await conn.execute(upsert(totals_t, ["pipeline_id", "stage_id"], dialect), out)
+        await bulk_upsert(conn, totals_t, ["pipeline_id", "stage_id"], out)
 
 
 def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
@@ -601,3 +599,93 @@ async def count_stale(
         or_(deals.c.snoozed_until.is_(None), deals.c.snoozed_until <= now),
     )
     return int((await conn.execute(query)).scalar_one())
+
+
+async def first_open_pages(
+    conn: AsyncConnection,
+    tables: dict[str, Table],
+    pipeline_id: UUID,
+    stage_ids: Sequence[str],
+    limit: int,
+) -> dict[str, list[dict[str, Any]]]:
+    """Per stage, its first ``limit`` open deals in (created_at, deal_id) order, in one
+    query: one index-ordered, limited branch per stage, glued with UNION ALL (each branch
+    reads only its own page, unlike a window over every open deal of the pipeline)."""
+    pages: dict[str, list[dict[str, Any]]] = {stage_id: [] for stage_id in stage_ids}
+    if not stage_ids or limit <= 0:
+        return pages
+    params: dict[str, Any] = {"pipeline_id": str(pipeline_id), "page_limit": limit}
+    params.update({f"stage_{n}": stage_id for n, stage_id in enumerate(stage_ids)})
+    query = _first_pages_query(tables["deals"], len(stage_ids))
+    for row in (await conn.execute(query, params)).mappings().all():
+        pages[row["stage_id"]].append(dict(row))
+    for page in pages.values():  # UNION ALL promises no order across or within branches
+        page.sort(key=lambda r: (r["created_at"], r["deal_id"]))
+    return pages
+
+
+@lru_cache(maxsize=256)
+def _first_pages_query(deals: Table, stages: int) -> Executable:
+    """The statement of :func:`first_open_pages` for ``stages`` stages, built once (with
+    bound parameters) rather than per board: building it costs more than running it."""
+    branches = [
+        select(deals)
+        .where(
+            deals.c.pipeline_id == bindparam("pipeline_id"),
+            deals.c.status == "open",
+            deals.c.stage_id == bindparam(f"stage_{n}"),
+        )
+        .order_by(*deal_order(deals))
+        .limit(bindparam("page_limit", type_=Integer))
+        .subquery()
+        for n in range(stages)
+    ]
+    selects = [select(*branch.c) for branch in branches]
+    return union_all(*selects) if len(selects) > 1 else selects[0]
+
+
+async def stale_counts(
+    conn: AsyncConnection,
+    tables: dict[str, Table],
+    pipeline_id: UUID,
+    stages: Sequence[tuple[str, int | None]],
+    *,
+    stale_after_days: int | None,
+    now: datetime,
+) -> dict[str, int]:
+    """:func:`count_stale` for several stages of a pipeline in one GROUP BY: per
+    ``(stage_id, rotting_days)``, its open, unsnoozed deals that are stale at ``now``.
+    Stages with no stale deal (or no threshold at all) are absent from the answer."""
+    deals = tables["deals"]
+    idle = (
+        deals.c.last_activity_at < now - timedelta(days=stale_after_days)
+        if stale_after_days
+        else None
+    )
+    by_rotting: dict[int, list[str]] = defaultdict(list)
+    idle_only: list[str] = []
+    for stage_id, rotting_days in stages:
+        if rotting_days:
+            by_rotting[int(rotting_days)].append(stage_id)
+        elif idle is not None:
+            idle_only.append(stage_id)
+    branches: list[Any] = []
+    for rotting_days, ids in by_rotting.items():
+        rotting = deals.c.entered_current_stage_at < now - timedelta(days=rotting_days)
+        stale = rotting if idle is None else or_(rotting, idle)
+        branches.append(and_(deals.c.stage_id.in_(ids), stale))
+    if idle_only and idle is not None:
+        branches.append(and_(deals.c.stage_id.in_(idle_only), idle))
+    if not branches:
+        return {}
+    query = (
+        select(deals.c.stage_id, func.count())
+        .where(
+            deals.c.pipeline_id == str(pipeline_id),
+            deals.c.status == "open",
+            or_(*branches),
+            or_(deals.c.snoozed_until.is_(None), deals.c.snoozed_until <= now),
+        )
+        .group_by(deals.c.stage_id)
+    )
+    return {str(r[0]): int(r[1]) for r in (await conn.execute(query)).all()}

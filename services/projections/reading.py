@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,32 @@ class ReadModelUnavailable(Exception):
 
 WAIT_POLL_SECONDS = 0.02
 
+ReadsSeen = dict[str, tuple[int, int]]
+"""Per read model opened: the ``(generation, position)`` of the first view opened on it."""
+
+_reads_seen: ContextVar[ReadsSeen | None] = ContextVar("read_models_seen", default=None)
+
+
+@contextmanager
+def recording_reads() -> Iterator[ReadsSeen]:
+    """Record every read model that :meth:`ReadModels.open` opens in this context (tasks
+    started inside it included), with the generation and position the query read."""
+    seen: ReadsSeen = {}
+    token = _reads_seen.set(seen)
+    try:
+        yield seen
+    finally:
+        _reads_seen.reset(token)
+
+
+def note_read(name: str, generation: int, position: int) -> None:
+    """Tell :func:`recording_reads` (if one is active) that ``name`` was read at this state;
+    of several reads of one read model, the earliest state counts."""
+    seen = _reads_seen.get()
+    if seen is not None:
+        state = (int(generation), int(position))
+        seen[name] = min(seen.get(name, state), state)
+
 
 @dataclass
 class ReadView:
@@ -46,6 +73,35 @@ class ReadModels:
         self.engine = engine
         self.wait_seconds = wait_seconds
         self.projections: dict[str, Projection] = {p.name: p for p in all_projections()}
+        self._states_read: asyncio.Future[dict[str, tuple[int, int]]] | None = None
+
+    async def states(self) -> dict[str, tuple[int, int]]:
+        """Every built read model's ``(generation, position)``, as committed now.
+
+        Callers that arrive while a read is under way share it (one small query however
+        many requests ask at once), so the answer may be a moment older than the call:
+        fine for cache keys, which a ``min_position`` check backs up.
+        """
+        pending = self._states_read
+        if pending is None:
+            pending = asyncio.ensure_future(self._read_states())
+            self._states_read = pending
+            pending.add_done_callback(self._states_done)
+        return await asyncio.shield(pending)
+
+    async def _read_states(self) -> dict[str, tuple[int, int]]:
+        query = select(
+            projection_state.c.name, projection_state.c.generation, projection_state.c.position
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {str(r[0]): (int(r[1]), int(r[2])) for r in rows}
+
+    def _states_done(self, future: asyncio.Future[dict[str, tuple[int, int]]]) -> None:
+        if self._states_read is future:
+            self._states_read = None
+        if not future.cancelled():
+            future.exception()  # retrieved here; every waiter gets it raised as well
 
     async def _state(self, conn: AsyncConnection, name: str) -> tuple[int, int] | None:
         row = (
@@ -83,4 +139,5 @@ class ReadModels:
                 await conn.rollback()  # see the worker's newer commits on the next read
                 await asyncio.sleep(WAIT_POLL_SECONDS)
             generation, position = state
+            note_read(name, generation, position)
             yield ReadView(conn, projection.tables(generation), position, generation)

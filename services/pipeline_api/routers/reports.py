@@ -8,10 +8,11 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Header, Query
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from services.pipeline_api.deps import CurrentPrincipal, ServicesDep
 from services.pipeline_api.errors import ERROR_RESPONSES, ApiError
+from services.pipeline_api.query_cache import Computed, FreshAnswer, TimeUse, json_body
 from services.pipeline_api.readmodels import MinPosition, ReadModelsDep
 from services.pipeline_api.routers.deal_queries import aware
 from services.reports import ReportContext, ReportFn, ReportParams
@@ -29,6 +30,7 @@ def _route(name: str, fn: ReportFn) -> Callable[..., Awaitable[Response]]:
         principal: CurrentPrincipal,
         services: ServicesDep,
         models: ReadModelsDep,
+        fresh: FreshAnswer,
         pipeline_id: UUID | None = None,
         from_: Annotated[
             datetime | None, Query(alias="from", description="period start (occurred_at)")
@@ -43,17 +45,37 @@ def _route(name: str, fn: ReportFn) -> Callable[..., Awaitable[Response]]:
         if start and end and start >= end:
             raise ApiError(422, "from must be before to", details={"field": "from"})
         params = ReportParams(pipeline_id, start, end, owner, team, min_position)
-        result = await fn(ReportContext(models, services.clock), params)
-        if accept and "text/csv" in accept:
-            return Response(
-                result.as_csv(),
-                media_type="text/csv; charset=utf-8",
-                headers={
-                    "Content-Disposition": f'attachment; filename="{name}.csv"',
-                    "X-Position": str(result.position),
-                },
-            )
-        return JSONResponse(result.as_json())
+        as_csv = bool(accept and "text/csv" in accept)
+
+        async def compute() -> Computed:
+            clock = TimeUse(services.clock)
+            result = await fn(ReportContext(models, clock), params)
+            if as_csv:
+                return Computed(
+                    result.as_csv().encode(),
+                    media_type="text/csv; charset=utf-8",
+                    headers=(
+                        ("Content-Disposition", f'attachment; filename="{name}.csv"'),
+                        ("X-Position", str(result.position)),
+                    ),
+                    uses_clock=clock.used,
+                )
+            body = json_body(result.as_json())
+            return Computed(body, uses_clock=clock.used)
+
+        key = (
+            "report",
+            name,
+            "csv" if as_csv else "json",
+            str(pipeline_id) if pipeline_id else None,
+            start.isoformat() if start else None,
+            end.isoformat() if end else None,
+            owner,
+            team,
+        )
+        return await services.query_cache.answer(
+            key, models.states, min_position, compute, fresh=fresh
+        )
 
     report.__name__ = f"report_{name.replace('-', '_')}"
     report.__doc__ = fn.__doc__
