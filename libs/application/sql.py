@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -45,3 +49,48 @@ async def ensure_schema(engine: AsyncEngine, location: StoreLocation) -> None:
     if location.is_postgres and location.schema:
         async with engine.begin() as conn:
             await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{location.schema}"'))
+
+
+SETUP_LOCK_TIMEOUT_SECONDS = 60
+
+
+def advisory_key(location: StoreLocation, name: str) -> int:
+    """A PostgreSQL advisory-lock key for ``name`` within this database schema."""
+    digest = hashlib.sha256(f"dealtrail:{location.schema}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+async def connect_raw(location: StoreLocation) -> asyncpg.Connection:
+    """A plain asyncpg session on the store's PostgreSQL database (for session locks)."""
+    return await asyncpg.connect(
+        host=location.host,
+        port=location.port,
+        user=location.user,
+        password=location.password or None,
+        database=location.dbname,
+        timeout=5,
+    )
+
+
+@asynccontextmanager
+async def setup_lock(location: StoreLocation) -> AsyncIterator[None]:
+    """Serialise table creation between processes that start at the same time.
+
+    ``CREATE TABLE IF NOT EXISTS`` and ``CREATE OR REPLACE FUNCTION`` are not safe when
+    two sessions run them at once on PostgreSQL (one fails on a duplicate catalog row),
+    so API processes and workers take a session advisory lock for their start-up DDL.
+    SQLite serialises writers by itself.
+    """
+    if not location.is_postgres:
+        yield
+        return
+    conn = await connect_raw(location)
+    try:
+        await conn.execute(
+            f"SET lock_timeout = '{SETUP_LOCK_TIMEOUT_SECONDS}s'; "
+            f"SET statement_timeout = '{SETUP_LOCK_TIMEOUT_SECONDS}s'"
+        )
+        await conn.execute("SELECT pg_advisory_lock($1)", advisory_key(location, "setup"))
+        yield
+    finally:
+        await conn.close()  # ends the session, which releases the lock

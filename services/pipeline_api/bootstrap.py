@@ -11,10 +11,11 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.application.app import Clock, DealtrailApplication, utc_now
-from libs.application.sql import ensure_schema, make_engine
+from libs.application.sql import ensure_schema, make_engine, setup_lock
 from services.pipeline_api.auth import KeyRing, build_keyring
 from services.pipeline_api.breaker import StoreBreaker
 from services.pipeline_api.idempotency import IdempotencyStore
+from services.pipeline_api.query_cache import QueryCache
 from services.pipeline_api.settings import Settings
 from services.projections.reading import ReadModels
 from services.projections.runner import EventSource, Worker
@@ -34,6 +35,7 @@ class Services:
     clock: Clock
     read_models: ReadModels
     breaker: StoreBreaker
+    query_cache: QueryCache
     worker: Worker | None = None
     generated_admin_token: str | None = None
     background: list[Any] = field(default_factory=list)
@@ -72,18 +74,19 @@ def _create_pg_schema(settings: Settings) -> None:
 async def bootstrap(settings: Settings, clock: Clock = utc_now) -> Services:
     """Connect to the store, create tables, and assemble :class:`Services`."""
     keyring, generated = build_keyring(settings)
-    app = await asyncio.to_thread(open_application, settings, clock)
-    engine = make_engine(settings.store)
-    try:
-        await ensure_schema(engine, settings.store)
-        idempotency = IdempotencyStore(engine, timedelta(hours=settings.idempotency_ttl_hours))
-        await idempotency.create_tables()
-        worker = Worker(engine=engine, source=EventSource(app), location=settings.store)
-        await worker.setup()  # read-model tables exist even when the worker runs elsewhere
-    except BaseException:
-        await engine.dispose()
-        await asyncio.to_thread(app.close)
-        raise
+    async with setup_lock(settings.store):
+        app = await asyncio.to_thread(open_application, settings, clock)
+        engine = make_engine(settings.store)
+        try:
+            await ensure_schema(engine, settings.store)
+            idempotency = IdempotencyStore(engine, timedelta(hours=settings.idempotency_ttl_hours))
+            await idempotency.create_tables()
+            worker = Worker(engine=engine, source=EventSource(app), location=settings.store)
+            await worker.setup()  # read-model tables exist even when the worker runs elsewhere
+        except BaseException:
+            await engine.dispose()
+            await asyncio.to_thread(app.close)
+            raise
     services = Services(
         settings=settings,
         app=app,
@@ -93,6 +96,7 @@ async def bootstrap(settings: Settings, clock: Clock = utc_now) -> Services:
         clock=clock,
         read_models=ReadModels(engine, settings.read_wait_seconds),
         breaker=StoreBreaker(settings.store),
+        query_cache=QueryCache(clock),
         generated_admin_token=generated,
     )
     if settings.embedded_worker:

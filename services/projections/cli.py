@@ -15,10 +15,15 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.application.app import DealtrailApplication
-from libs.application.sql import ensure_schema, make_engine
+from libs.application.sql import ensure_schema, make_engine, setup_lock
 from services.pipeline_api.settings import Settings
 from services.progress import Progress
-from services.projections.rebuild import RebuildInProgress, drop_old_generations, rebuild
+from services.projections.rebuild import (
+    REBUILD_BATCH_SIZE,
+    RebuildInProgress,
+    drop_old_generations,
+    rebuild,
+)
 from services.projections.runner import (
     EventSource,
     Worker,
@@ -39,10 +44,16 @@ class Stores:
 async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
     from services.pipeline_api.bootstrap import open_application
 
-    app = await asyncio.to_thread(open_application, settings)
-    engine = make_engine(settings.store, pool_size=4)
+    async with setup_lock(settings.store):  # start-up DDL, one process at a time
+        app = await asyncio.to_thread(open_application, settings)
+        engine = make_engine(settings.store, pool_size=4)
+        try:
+            await ensure_schema(engine, settings.store)
+        except BaseException:
+            await engine.dispose()
+            await asyncio.to_thread(app.close)
+            raise
     try:
-        await ensure_schema(engine, settings.store)
         yield Stores(app, engine, EventSource(app))
     finally:
         await engine.dispose()
@@ -58,7 +69,8 @@ async def _run(settings: Settings, names: list[str], batch_size: int) -> int:
             projections=projections_named(names),
             batch_size=batch_size,
         )
-        await worker.setup()
+        async with setup_lock(settings.store):
+            await worker.setup()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
@@ -155,6 +167,6 @@ def register(commands: Any) -> None:
     rb = sub.add_parser("rebuild", help="replay from position 0 into fresh tables, then switch")
     rb.add_argument("names", nargs="*", help=f"projections to rebuild ({known})")
     rb.add_argument("--all", action="store_true", help="rebuild every projection in one pass")
-    rb.add_argument("--batch-size", type=int, default=2000)
+    rb.add_argument("--batch-size", type=int, default=REBUILD_BATCH_SIZE)
     rb.add_argument("--force", action="store_true", help="take over from a rebuild that died")
     rb.set_defaults(handler=_cmd_rebuild)

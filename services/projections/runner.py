@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.application.app import DealtrailApplication
 from libs.application.records import EventRecord, decode
+from libs.application.sql import advisory_key, connect_raw
 from libs.application.store import StoreLocation
 from services.projections.analytics import Analytics
 from services.projections.audit_history import AuditHistory
@@ -119,11 +119,6 @@ async def apply_batch(
             .values(position=new_position, skipped=state.skipped + unknown_count(projection, todo))
         )
         return new_position
-
-
-def advisory_key(location: StoreLocation, name: str) -> int:
-    digest = hashlib.sha256(f"dealtrail:{location.schema}:{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 @dataclass
@@ -241,20 +236,11 @@ class Worker:
     # --- PostgreSQL: advisory locks and LISTEN -------------------------------------------
 
     async def _ensure_lock_connection(self, listener: Any) -> Any:
-        import asyncpg
 
         conn = self._lock_conn
         if conn is None or conn.is_closed():
             self._held.clear()
-            loc = self.location
-            conn = await asyncpg.connect(
-                host=loc.host,
-                port=loc.port,
-                user=loc.user,
-                password=loc.password or None,
-                database=loc.dbname,
-                timeout=5,
-            )
+            conn = await connect_raw(self.location)
             self._lock_conn = conn
             channel = self.source.channel
             if channel:

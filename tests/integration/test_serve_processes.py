@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -112,3 +113,19 @@ def test_two_api_processes_serve_commands_and_queries(postgres: Backend, tmp_pat
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+async def test_processes_starting_at_once_on_a_fresh_schema_all_come_up(
+    postgres: Backend, tmp_path: Path
+) -> None:
+    """Start-up DDL is serialised: six simultaneous starts on an empty schema all succeed."""
+    from services.pipeline_api.bootstrap import bootstrap
+
+    settings = postgres.settings(tmp_path / "data", DEALTRAIL_EMBEDDED_WORKER=False)
+    started = await asyncio.gather(*(bootstrap(settings) for _ in range(6)), return_exceptions=True)
+    try:
+        assert [s for s in started if isinstance(s, BaseException)] == []
+    finally:
+        for services in started:
+            if not isinstance(services, BaseException):
+                await services.aclose()
