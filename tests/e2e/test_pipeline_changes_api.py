@@ -551,7 +551,11 @@ async def test_invalid_pipeline_changes_are_422_naming_the_field_and_change_noth
         assert r.json()["error"]["details"]["field"] == field, (method, path, kwargs, r.text)
 
     assert await pipeline_now(api, pid) == before
-    r = await api.get(f"/v1/deals/{deal['id']}/history", headers=auth("rep"))
+    r = await api.get(
+        f"/v1/deals/{deal['id']}/history",
+        params={"min_position": deal["position"]},
+        headers=auth("rep"),
+    )
     assert [e["event_type"] for e in r.json()["data"]] == ["DealCreated"]
 
 
