@@ -20,9 +20,17 @@ def make_engine(location: StoreLocation, *, pool_size: int = 10) -> AsyncEngine:
     """An engine on the same database as the events (aiosqlite or asyncpg)."""
     url = location.sqlalchemy_url()
     if location.is_postgres:
-        connect_args: dict[str, Any] = {"timeout": 5, "command_timeout": 60}
+        # Read models grow by orders of magnitude (a rebuild fills them from empty), and
+        # asyncpg prepares every statement: a generic plan chosen while a table was small
+        # (a sequential scan) would stay cached as it grows. Plan each execution instead.
+        settings = {"plan_cache_mode": "force_custom_plan"}
         if location.schema:
-            connect_args["server_settings"] = {"search_path": location.schema}
+            settings["search_path"] = location.schema
+        connect_args: dict[str, Any] = {
+            "timeout": 5,
+            "command_timeout": 60,
+            "server_settings": settings,
+        }
         return create_async_engine(
             url,
             pool_size=pool_size,
