@@ -10,15 +10,16 @@ applies the batch and moves the position, all in one transaction: exactly-once e
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import orjson
 from sqlalchemy import (
@@ -45,6 +46,9 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlalchemy.types import TypeEngine
 
 from libs.application.records import EventRecord
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 class Money(TypeDecorator[Decimal]):
@@ -176,6 +180,17 @@ class Projection(ABC):
                 await conn.execute(text(f'DROP TABLE IF EXISTS "{table_name}"'))
                 dropped.append(table_name)
         return dropped
+
+
+async def each_projection(
+    engine: AsyncEngine, items: Iterable[_T], work: Callable[[_T], Awaitable[_R]]
+) -> list[_R]:
+    """``work(item)`` for every item: side by side on PostgreSQL (each call writes through
+    its own connection, so their waits overlap), one after another on SQLite, which has
+    one writer at a time. Results in the order of ``items``."""
+    if engine.dialect.name == "postgresql":
+        return list(await asyncio.gather(*(work(item) for item in items)))
+    return [await work(item) for item in items]
 
 
 def upsert(table: Table, keys: Sequence[str], dialect: str) -> Any:

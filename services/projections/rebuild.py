@@ -14,6 +14,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -22,6 +23,7 @@ from libs.application.records import EventRecord
 from services.projections.base import (
     Projection,
     create_state_table,
+    each_projection,
     lock_state,
     projection_state,
     read_states,
@@ -154,20 +156,11 @@ async def rebuild(
                 break
             position = records[-1].position
             pending = asyncio.create_task(asyncio.to_thread(source.read, position, batch_size))
-            if engine.dialect.name == "postgresql":
-                # Each projection writes through its own connection: their waits overlap.
-                await asyncio.gather(*(_apply(engine, build, records) for build in builds))
-            else:  # SQLite has one writer at a time
-                for build in builds:
-                    await _apply(engine, build, records)
+            await each_projection(engine, builds, partial(_apply, engine, records=records))
             done += len(records)
             if progress:
                 progress(done, max(head, position))
-        if engine.dialect.name == "postgresql":
-            await asyncio.gather(*(_finish_tables(engine, build) for build in builds))
-        else:
-            for build in builds:
-                await _finish_tables(engine, build)
+        await each_projection(engine, builds, partial(_finish_tables, engine))
         for build in builds:
             await _switch(engine, source, build, batch_size)
     except BaseException:

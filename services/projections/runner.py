@@ -29,6 +29,7 @@ from services.projections.base import (
     Projection,
     State,
     create_state_table,
+    each_projection,
     lock_state,
     projection_state,
     read_states,
@@ -209,18 +210,10 @@ class Worker:
         records = await asyncio.to_thread(self.source.read, start, self.batch_size)
         if not records:
             return 0
-        if self.engine.dialect.name == "postgresql":
-            positions = await asyncio.gather(
-                *(apply_batch(self.engine, p, records) for p in projections)
-            )
-            self.positions.update(
-                {p.name: pos for p, pos in zip(projections, positions, strict=True)}
-            )
-        else:  # SQLite has one writer at a time
-            for projection in projections:
-                self.positions[projection.name] = await apply_batch(
-                    self.engine, projection, records
-                )
+        positions = await each_projection(
+            self.engine, projections, lambda p: apply_batch(self.engine, p, records)
+        )
+        self.positions.update({p.name: pos for p, pos in zip(projections, positions, strict=True)})
         return len(records)
 
     async def catch_up(self, projections: Sequence[Projection] | None = None) -> None:
