@@ -26,6 +26,7 @@ from libs.domain.errors import (
 )
 from libs.domain.owner import Owner, owner_id_for
 from libs.domain.pipeline import Pipeline
+from libs.domain.times import to_utc
 from libs.domain.values import UNSET
 
 Clock = Callable[[], datetime]
@@ -83,9 +84,7 @@ class DealtrailApplication(Application[UUID]):
         now = self.clock()
         if occurred_at is None:
             return now, now
-        if occurred_at.tzinfo is not None:
-            occurred_at = occurred_at.astimezone(UTC)
-        return occurred_at, now
+        return to_utc(occurred_at, "occurred_at"), now
 
     def _save(self, *aggregates: Aggregate) -> int:
         recordings = self.save(*aggregates)
@@ -185,7 +184,7 @@ class DealtrailApplication(Application[UUID]):
         owner = actor.name if owner is None else owner
         if isinstance(owner, str):
             owner = owner.strip()
-        actor.check_may_change_deal(owner if isinstance(owner, str) else "")
+        actor.check_may_assign(owner if isinstance(owner, str) else "")
         pipeline = self.get_pipeline(pipeline_id)
         when, now = self._when(occurred_at)
         deal = Deal.create(
@@ -564,6 +563,9 @@ class DealtrailApplication(Application[UUID]):
         expected_version: int | None = None,
     ) -> CommandResult:
         """Change title, value, expected close date, account, product, owner or probability."""
+        new_owner = fields.get("owner")
+        if isinstance(new_owner, str):
+            actor.check_may_assign(new_owner.strip())
         allowed = (
             "title",
             "value",

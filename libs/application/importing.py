@@ -207,7 +207,7 @@ def plan_deal(deal: Deal | None, row: DealRow, *, actor: Actor, now: datetime) -
         raise InvalidInput(f"status must be one of {', '.join(STATUSES)}", field="status")
     target = pipeline.first_stage if row.stage is None else pipeline.stage(row.stage)
     if deal is None:
-        actor.check_may_change_deal(row.owner)
+        actor.check_may_assign(row.owner)
         deal = Deal.create(
             pipeline=pipeline,
             title=row.title,
@@ -231,6 +231,8 @@ def plan_deal(deal: Deal | None, row: DealRow, *, actor: Actor, now: datetime) -
             "the import leaves it there"
         )
     changes = _changed_fields(deal, row)
+    if "owner" in changes:
+        actor.check_may_assign(changes["owner"])
     lost_changed = (
         status == LOST
         and deal.status == LOST

@@ -40,6 +40,16 @@ class Actor:
                 details={"owner": owner},
             )
 
+    def check_may_assign(self, owner: str) -> None:
+        """Who may be made a deal's owner: anyone by admins and managers, only themselves
+        by reps (creating a deal, or handing one over)."""
+        self.check_may_command()
+        if self.role == Role.REP and owner != self.name:
+            raise Forbidden(
+                f"reps may only own deals themselves; {owner!r} cannot be made the owner",
+                details={"owner": owner},
+            )
+
     def check_may_manage_teams(self) -> None:
         if self.role != Role.ADMIN:
             raise Forbidden("only admins may set owners' teams and regions")

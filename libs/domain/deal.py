@@ -23,13 +23,13 @@ from libs.domain.errors import (
     SkippingStagesNotAllowed,
 )
 from libs.domain.pipeline import Pipeline, Stage, check_probability
+from libs.domain.times import check_ahead, check_day, check_occurred_at
 from libs.domain.values import (
     MAX_NAME_LENGTH,
     MAX_NOTE_LENGTH,
     MAX_TITLE_LENGTH,
     UNSET,
     check_money,
-    check_occurred_at,
     check_text,
     format_money,
 )
@@ -67,14 +67,10 @@ def check_probability_override(value: Any) -> int | None:
     return None if value is None else check_probability(value, "probability_override")
 
 
-def check_expected_close_date(value: Any) -> date | None:
+def check_expected_close_date(value: Any, *, today: date) -> date | None:
     if value is None:
         return None
-    if isinstance(value, datetime) or not isinstance(value, date):
-        raise InvalidInput(
-            "expected_close_date must be a date (YYYY-MM-DD)", field="expected_close_date"
-        )
-    return value
+    return check_day(value, "expected_close_date", today=today)
 
 
 class Deal(Aggregate):
@@ -139,7 +135,7 @@ class Deal(Aggregate):
         checked_title = check_text(title, "title", max_length=MAX_TITLE_LENGTH)
         amount = check_money(value)
         checked_owner = check_owner(owner)
-        close_date = check_expected_close_date(expected_close_date)
+        close_date = check_expected_close_date(expected_close_date, today=now.date())
         ext: str | None = None
         if external_id is not None:
             ext = check_text(external_id, "external_id", max_length=MAX_EXTERNAL_ID_LENGTH)
@@ -469,8 +465,7 @@ class Deal(Aggregate):
         now: datetime,
     ) -> None:
         """Keep an open deal off the stale list until ``until`` (a reason is required)."""
-        if not isinstance(until, datetime) or until.tzinfo is None:
-            raise InvalidInput("until must be a date and time with a zone", field="until")
+        until = check_ahead(until, "until", now=now)
         checked_reason = check_text(reason, "reason", max_length=MAX_NOTE_LENGTH)
         self.check_open()
         self.check_when(occurred_at, now)
@@ -505,7 +500,9 @@ class Deal(Aggregate):
         if value is not UNSET:
             changes["value"] = check_money(value)
         if expected_close_date is not UNSET:
-            changes["expected_close_date"] = check_expected_close_date(expected_close_date)
+            changes["expected_close_date"] = check_expected_close_date(
+                expected_close_date, today=now.date()
+            )
         if account is not UNSET:
             changes["account"] = check_optional_name(account, "account")
         if product is not UNSET:

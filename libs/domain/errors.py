@@ -86,6 +86,12 @@ class OccurredBeforePrevious(InvalidInput):
     default_field = "occurred_at"
 
 
+class TimeOutOfRange(InvalidInput):
+    """A moment or date lies outside the window the service accepts."""
+
+    code = "time_out_of_range"
+
+
 class NothingToChange(InvalidInput):
     """An update names no field whose value differs from the current one."""
 

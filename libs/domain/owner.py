@@ -9,7 +9,8 @@ from uuid import UUID, uuid5
 from eventsourcing.domain import Aggregate, event
 
 from libs.domain.errors import NothingToChange
-from libs.domain.values import MAX_NAME_LENGTH, check_occurred_at, check_text
+from libs.domain.times import check_occurred_at
+from libs.domain.values import MAX_NAME_LENGTH, check_text
 
 OWNER_ID_NAMESPACE: Final = UUID("0b7a9f52-2c1d-4d8e-8f3b-6a5e4c3d2b1a")
 

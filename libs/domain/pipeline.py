@@ -18,11 +18,11 @@ from libs.domain.errors import (
     UnknownLostReason,
     UnknownStage,
 )
+from libs.domain.times import check_occurred_at
 from libs.domain.values import (
     MAX_NAME_LENGTH,
     UNSET,
     check_currency,
-    check_occurred_at,
     check_text,
     slugify,
 )

@@ -1,19 +1,13 @@
-"""Value checks shared by the aggregates: money, currencies, clocks and names."""
+"""Value checks shared by the aggregates: money, currencies and names (times: times.py)."""
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
-from libs.domain.errors import (
-    InvalidInput,
-    NegativeValue,
-    OccurredBeforePrevious,
-    OccurredInFuture,
-)
+from libs.domain.errors import InvalidInput, NegativeValue
 
 
 class _Unset:
@@ -109,25 +103,6 @@ def check_text(value: Any, field: str, *, max_length: int, required: bool = True
     if any(unicodedata.category(ch) == "Cc" and ch not in "\n\t" for ch in text):
         raise InvalidInput(f"{field} must not contain control characters", field=field)
     return text
-
-
-def check_occurred_at(
-    occurred_at: datetime, *, now: datetime, previous: datetime | None
-) -> datetime:
-    """Business time may be backdated, but never into the future or before the last event."""
-    if occurred_at.tzinfo is None:
-        raise InvalidInput("occurred_at must include a time zone", field="occurred_at")
-    if occurred_at > now:
-        raise OccurredInFuture(
-            f"occurred_at {occurred_at.isoformat()} is in the future "
-            f"(server time {now.isoformat()})"
-        )
-    if previous is not None and occurred_at < previous:
-        raise OccurredBeforePrevious(
-            f"occurred_at {occurred_at.isoformat()} is before the previous event "
-            f"at {previous.isoformat()}"
-        )
-    return occurred_at
 
 
 _SLUG_RE = re.compile(r"[^a-z0-9]+")

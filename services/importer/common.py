@@ -22,6 +22,8 @@ from libs.application.importing import (
     ImportReport,
 )
 from libs.domain.actors import Actor, Role
+from libs.domain.errors import InvalidInput
+from libs.domain.times import to_utc
 from services.pipeline_api.bootstrap import open_application
 from services.pipeline_api.settings import Settings
 from services.progress import Progress
@@ -114,7 +116,10 @@ def parse_time(text: str, field: str) -> datetime:
         ) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return to_utc(parsed, field)
+    except InvalidInput as exc:
+        raise RowProblem(exc.message) from None
 
 
 def print_report(report: ImportReport, *, out: TextIO, err: TextIO) -> None:

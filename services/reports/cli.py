@@ -12,6 +12,8 @@ from typing import Any
 from uuid import UUID
 
 from libs.application.app import utc_now
+from libs.domain.errors import InvalidInput
+from libs.domain.times import parse_moment
 from services.pipeline_api.settings import Settings
 from services.projections.reading import ReadModels
 from services.reports import ReportContext, ReportError, ReportParams
@@ -19,10 +21,10 @@ from services.reports.sales import REPORTS
 
 
 def _moment(text: str) -> datetime:
-    value = datetime.fromisoformat(text)
-    if value.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{text!r} needs a time zone, e.g. {text}Z")
-    return value
+    try:
+        return parse_moment(text, "time")
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> str:
