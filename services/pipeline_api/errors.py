@@ -11,9 +11,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
+from libs.application.failures import is_data_error, is_unavailable
 from libs.domain.errors import DomainError
 from services.projections.reading import ReadModelUnavailable
 from services.reports import ReportError
@@ -114,6 +116,19 @@ def _validation_details(exc: RequestValidationError) -> tuple[str, dict[str, Any
     return message, {"field": first["field"], "problems": problems}
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers at the request's path."""
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.routes):
+            allowed.append(method)
+    return allowed
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers that give every failure the one JSON error shape."""
 
@@ -140,13 +155,27 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(422, "invalid_input", message, details)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = CODE_BY_STATUS.get(exc.status_code, "error")
-        return error_response(
-            exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {})
-        )
+        headers = dict(exc.headers or {})
+        message = str(exc.detail)
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route whose path matched; several
+            # routes (commands and queries) share a path.
+            allowed = allowed_methods(request)
+            headers["Allow"] = ", ".join(allowed)
+            message = f"{request.method} is not allowed here; use {' or '.join(allowed)}"
+        return error_response(exc.status_code, code, message, headers=headers)
 
     async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        if is_data_error(exc):
+            # Input validation should have caught it; still the caller's data, not an outage.
+            log.warning("database refused a value: %s", exc)
+            return error_response(
+                422,
+                "invalid_input",
+                "a value in the request cannot be stored or compared by the database",
+            )
         if not is_unavailable(exc):
             return await unexpected(request, exc)
         log.warning("database unavailable: %s", exc)
@@ -183,13 +212,6 @@ _ERROR_DESCRIPTIONS = {
 # point at it. FastAPI builds a validator for every response model of every route in
 # every app, so eight models per route made each app's first request noticeably slower.
 _ERROR_SCHEMA = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
-
-
-def is_unavailable(exc: BaseException) -> bool:
-    """A failure to reach the database (503), as opposed to a bug in a statement (500)."""
-    if isinstance(exc, DBAPIError):
-        return not isinstance(exc, IntegrityError | ProgrammingError | DataError)
-    return isinstance(exc, StoreOperationalError | StoreInterfaceError | OSError)
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
