@@ -28,7 +28,8 @@ def export_bounds(
     events keep arriving.
     """
     start = max(1, from_position)
-    stop = app.head_position() if to_position is None else to_position
+    head = app.head_position()
+    stop = head if to_position is None else min(to_position, head)
     return start, stop
 
 

@@ -2,12 +2,82 @@
 
 from __future__ import annotations
 
-from datetime import date
+import unicodedata
+from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+)
+from pydantic_core import PydanticCustomError
+
+from libs.domain.errors import InvalidInput
+from libs.domain.times import EARLIEST, LATEST, parse_moment
+
+
+def _moment(value: Any) -> datetime:
+    try:
+        return parse_moment(value, "")
+    except InvalidInput as exc:
+        raise PydanticCustomError(exc.code, exc.message) from None
+
+
+MAX_FILTER_LENGTH = 200
+
+
+def _filter_text(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; no name the service stores has control characters.
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
+        raise PydanticCustomError(
+            "invalid_input", "must not contain control characters (such as NUL)"
+        )
+    return value
+
+
+FilterText = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_FILTER_LENGTH),
+    AfterValidator(_filter_text),
+]
+"""A text filter of a query (owner, team, actor, stage, event type)."""
+
+
+def _day(value: Any) -> date:
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and len(value.strip()) == 10:
+        try:
+            return date.fromisoformat(value.strip())
+        except ValueError:
+            pass
+    raise PydanticCustomError("invalid_input", "must be a date (YYYY-MM-DD)")
+
+
+Day = Annotated[date, BeforeValidator(_day), WithJsonSchema({"type": "string", "format": "date"})]
+"""A calendar date as ``YYYY-MM-DD`` text (numbers are refused)."""
+
+Moment = Annotated[
+    datetime,
+    BeforeValidator(_moment),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date-time",
+            "description": f"ISO 8601 with a zone, from {EARLIEST.isoformat()} to before "
+            f"{LATEST.isoformat()}",
+        }
+    ),
+]
+"""A moment in a body or query: ISO 8601 text with a zone inside the service's window
+(numbers are refused, not read as Unix times), given to handlers in UTC."""
 
 
 class _Body(BaseModel):
@@ -55,7 +125,7 @@ class PipelineCreate(_Body):
     stale_after_days: int | None = Field(
         default=None, description="An open deal untouched this many days is stale"
     )
-    occurred_at: AwareDatetime | None = OccurredAt
+    occurred_at: Moment | None = OccurredAt
 
 
 class PipelinePatch(_Body):
@@ -65,14 +135,14 @@ class PipelinePatch(_Body):
     allow_skipping_stages: bool | None = None
     allow_moving_back: bool | None = None
     stale_after_days: int | None = Field(default=None, description="null switches it off")
-    occurred_at: AwareDatetime | None = OccurredAt
+    occurred_at: Moment | None = OccurredAt
 
 
 class StageCreate(StageIn):
     """Add a stage at a position (0 = first; default last)."""
 
     position: int | None = Field(default=None, ge=0, le=30)
-    occurred_at: AwareDatetime | None = OccurredAt
+    occurred_at: Moment | None = OccurredAt
 
 
 class StagePatch(_Body):
@@ -82,21 +152,21 @@ class StagePatch(_Body):
     probability: int | None = None
     rotting_days: int | None = None
     requires: list[Requirement] | None = None
-    occurred_at: AwareDatetime | None = OccurredAt
+    occurred_at: Moment | None = OccurredAt
 
 
 class StageOrder(_Body):
     """Every current stage id, in the new order."""
 
     stage_order: list[str] = Field(max_length=30)
-    occurred_at: AwareDatetime | None = OccurredAt
+    occurred_at: Moment | None = OccurredAt
 
 
 class LostReasonIn(_Body):
     """A lost reason to add (or bring back from retirement)."""
 
     reason: str = Field(max_length=100)
-    occurred_at: AwareDatetime | None = OccurredAt
+    occurred_at: Moment | None = OccurredAt
 
 
 class StagePublic(BaseModel):
@@ -146,7 +216,7 @@ class DealCreate(_Body):
     value: Decimal = Field(description="Amount in the pipeline's currency; a string keeps it exact")
     owner: str | None = Field(default=None, max_length=100, description="Defaults to the caller")
     stage: str | None = Field(default=None, description="Stage id or name; defaults to the first")
-    expected_close_date: date | None = None
+    expected_close_date: Day | None = None
     external_id: str | None = Field(
         default=None, max_length=200, description="Id in another system; unique per pipeline"
     )
@@ -155,7 +225,7 @@ class DealCreate(_Body):
     note: str | None = Field(
         default=None, max_length=2000, description="Satisfies a stage's note requirement"
     )
-    occurred_at: AwareDatetime | None = OccurredAt
+    occurred_at: Moment | None = OccurredAt
 
 
 class DealAdvance(_Body):
@@ -163,13 +233,13 @@ class DealAdvance(_Body):
 
     stage: str = Field(description="Stage id or name")
     note: str | None = Field(default=None, max_length=2000)
-    occurred_at: AwareDatetime | None = OccurredAt
+    occurred_at: Moment | None = OccurredAt
 
 
 class DealWin(_Body):
     """Close a deal as won."""
 
-    occurred_at: AwareDatetime | None = OccurredAt
+    occurred_at: Moment | None = OccurredAt
 
 
 class DealLose(_Body):
@@ -177,7 +247,7 @@ class DealLose(_Body):
 
     reason: str = Field(description="One of the pipeline's lost reasons")
     note: str | None = Field(default=None, max_length=2000, description="Free text")
-    occurred_at: AwareDatetime | None = OccurredAt
+    occurred_at: Moment | None = OccurredAt
 
 
 class DealReopen(_Body):
@@ -185,7 +255,7 @@ class DealReopen(_Body):
 
     stage: str | None = Field(default=None, description="Defaults to the stage it closed in")
     note: str | None = Field(default=None, max_length=2000)
-    occurred_at: AwareDatetime | None = OccurredAt
+    occurred_at: Moment | None = OccurredAt
 
 
 class DealPatch(_Body):
@@ -193,14 +263,14 @@ class DealPatch(_Body):
 
     title: str | None = Field(default=None, max_length=200)
     value: Decimal | None = None
-    expected_close_date: date | None = Field(default=None, description="null clears it")
+    expected_close_date: Day | None = Field(default=None, description="null clears it")
     owner: str | None = Field(default=None, max_length=100)
     account: str | None = Field(default=None, max_length=100, description="null clears it")
     product: str | None = Field(default=None, max_length=100, description="null clears it")
     probability_override: int | None = Field(
         default=None, description="0-100, beats the stage's probability; null clears it"
     )
-    occurred_at: AwareDatetime | None = OccurredAt
+    occurred_at: Moment | None = OccurredAt
 
     def changed_fields(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.model_fields_set if k != "occurred_at"}
@@ -212,15 +282,15 @@ class DealMove(_Body):
     pipeline_id: UUID
     stage: str | None = Field(default=None, description="Defaults to the first stage")
     note: str | None = Field(default=None, max_length=2000)
-    occurred_at: AwareDatetime | None = OccurredAt
+    occurred_at: Moment | None = OccurredAt
 
 
 class DealSnooze(_Body):
     """Keep a deal off the stale list until a moment, for a reason."""
 
-    until: AwareDatetime
+    until: Moment
     reason: str = Field(max_length=2000)
-    occurred_at: AwareDatetime | None = OccurredAt
+    occurred_at: Moment | None = OccurredAt
 
 
 class OwnerTeam(_Body):
@@ -228,7 +298,7 @@ class OwnerTeam(_Body):
 
     team: str | None = Field(default=None, max_length=100)
     region: str | None = Field(default=None, max_length=100)
-    occurred_at: AwareDatetime | None = OccurredAt
+    occurred_at: Moment | None = OccurredAt
 
 
 class StageRef(BaseModel):
@@ -249,7 +319,7 @@ class DealPublic(BaseModel):
     owner: str
     stage: StageRef
     status: str = Field(description="open, won or lost")
-    expected_close_date: date | None
+    expected_close_date: Day | None
     external_id: str | None
     account: str | None = None
     product: str | None = None

@@ -7,7 +7,18 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import JSON, Column, Index, Integer, MetaData, String, Table, select
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    literal,
+    select,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.application.records import EventRecord, to_json_value
@@ -183,7 +194,8 @@ async def history(
 ) -> list[dict[str, Any]]:
     """Audit rows in log order, filtered; ``start``/``end`` bound ``occurred_at``."""
     events = tables["events"]
-    clauses: list[Any] = [events.c.position > after_position]
+    # bound as a bigint: a cursor may name a position beyond what the column type holds
+    clauses: list[Any] = [events.c.position > literal(after_position, BigInteger)]
     if aggregate_id is not None:
         clauses.append(events.c.aggregate_id == str(aggregate_id))
     if actor is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import statistics
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -80,11 +81,26 @@ class Report:
                 if key not in columns:
                     columns.append(key)
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        writer = csv.DictWriter(out, fieldnames=[csv_cell(c) for c in columns], lineterminator="\n")
         writer.writeheader()
         for row in jsonable(self.rows):
-            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+            writer.writerow({csv_cell(k): csv_cell(v) for k, v in row.items()})
         return out.getvalue()
+
+
+# Cells a spreadsheet would read as a formula (OWASP, "CSV Injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"-?\d+(\.\d+)?")
+
+
+def csv_cell(value: Any) -> Any:
+    """A value as a CSV cell that no spreadsheet runs: text starting like a formula gets a
+    leading ``'``. Numbers (including negative ones written as text) stay numbers."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
 
 
 def jsonable(value: Any) -> Any:

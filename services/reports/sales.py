@@ -734,6 +734,9 @@ async def stage_durations_report(ctx: ReportContext, params: ReportParams) -> Re
     )
 
 
+# Reports about one pipeline's stages: they need ``pipeline_id``.
+NEEDS_PIPELINE = frozenset({"funnel", "stage-durations"})
+
 REPORTS: dict[str, ReportFn] = {
     "funnel": funnel,
     "win-rate": win_rate,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -10,14 +9,14 @@ from fastapi.responses import JSONResponse
 
 from services.pipeline_api.deps import CurrentPrincipal
 from services.pipeline_api.errors import ERROR_RESPONSES
-from services.pipeline_api.readmodels import MinPosition, ReadModelsDep
-from services.pipeline_api.routers.deal_queries import (
-    MAX_PAGE,
-    aware,
-    history_view,
-    page_of,
+from services.pipeline_api.readmodels import (
+    CursorParam,
+    MinPosition,
+    ReadModelsDep,
     position_cursor,
 )
+from services.pipeline_api.routers.deal_queries import MAX_PAGE, history_view, page_of
+from services.pipeline_api.schemas import FilterText, Moment
 from services.projections import audit_history
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=ERROR_RESPONSES)
@@ -27,19 +26,19 @@ router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=ERROR_RESPONSES
 async def audit_log(
     principal: CurrentPrincipal,
     models: ReadModelsDep,
-    actor: str | None = None,
-    event_type: str | None = None,
+    actor: FilterText | None = None,
+    event_type: FilterText | None = None,
     from_: Annotated[
-        datetime | None, Query(alias="from", description="occurred_at at or after")
+        Moment | None, Query(alias="from", description="occurred_at at or after")
     ] = None,
-    to: Annotated[datetime | None, Query(description="occurred_at before")] = None,
+    to: Annotated[Moment | None, Query(description="occurred_at before")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-    cursor: str | None = None,
+    cursor: CursorParam = None,
     min_position: MinPosition = None,
 ) -> JSONResponse:
     """All events in log order with before/after values, filtered; auditors and admins."""
     principal.check_may_read_audit()
-    start, end = aware(from_, "from"), aware(to, "to")
+    start, end = from_, to
     after = position_cursor(cursor)
     async with models.open("audit_history", min_position) as view:
         rows = await audit_history.history(

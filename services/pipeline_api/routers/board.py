@@ -15,8 +15,9 @@ from libs.domain.values import format_money
 from services.pipeline_api.deps import CurrentPrincipal, ServicesDep
 from services.pipeline_api.errors import ERROR_RESPONSES, ApiError
 from services.pipeline_api.query_cache import Computed, FreshAnswer, json_body
-from services.pipeline_api.readmodels import MinPosition, ReadModelsDep, encode_cursor
-from services.pipeline_api.routers.deal_queries import aware, deal_view
+from services.pipeline_api.readmodels import MinPosition, ReadModelsDep, deal_cursor_after
+from services.pipeline_api.routers.deal_queries import deal_view
+from services.pipeline_api.schemas import Moment
 from services.projections import current_pipeline
 from services.projections.reading import ReadModels
 from services.reports.as_of import board_as_of
@@ -34,7 +35,7 @@ async def board(
     per_stage: Annotated[int, Query(ge=0, le=100, description="Deals listed per stage")] = 20,
     min_position: MinPosition = None,
     as_of: Annotated[
-        datetime | None,
+        Moment | None,
         Query(description="The board as it was at this moment (business time)"),
     ] = None,
 ) -> Response:
@@ -45,8 +46,7 @@ async def board(
     """
     cache = services.query_cache
     if as_of is not None:
-        moment = aware(as_of, "as_of")
-        assert moment is not None
+        moment = as_of
 
         async def past() -> Computed:
             board = await board_as_of(models, pipeline_id, moment, min_position, per_stage)
@@ -110,7 +110,7 @@ async def live_board(
         page = rows[:per_stage]
         next_cursor = None
         if len(rows) > per_stage and page:
-            next_cursor = encode_cursor([page[-1]["created_at"].isoformat(), page[-1]["deal_id"]])
+            next_cursor = deal_cursor_after(page[-1])
         stages_out.append(
             {
                 "id": stage["id"],

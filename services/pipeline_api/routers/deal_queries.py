@@ -14,11 +14,15 @@ from libs.domain.values import format_money
 from services.pipeline_api.deps import CurrentPrincipal, ServicesDep
 from services.pipeline_api.errors import ERROR_RESPONSES, ApiError
 from services.pipeline_api.readmodels import (
+    CursorParam,
     MinPosition,
     ReadModelsDep,
-    decode_cursor,
+    deal_cursor,
+    deal_cursor_after,
     encode_cursor,
+    position_cursor,
 )
+from services.pipeline_api.schemas import FilterText, Moment
 from services.projections import audit_history, current_pipeline
 from services.projections.current_pipeline import DealFilter, stage_name
 from services.reports.as_of import deal_as_of
@@ -27,12 +31,6 @@ from services.reports.sales import staleness
 router = APIRouter(prefix="/v1/deals", tags=["deals"], responses=ERROR_RESPONSES)
 
 MAX_PAGE = 500
-
-
-def aware(value: datetime | None, field: str) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        raise ApiError(422, f"{field} must include a time zone", details={"field": field})
-    return value
 
 
 def deal_view(
@@ -101,28 +99,18 @@ async def list_deals(
     services: ServicesDep,
     models: ReadModelsDep,
     pipeline_id: UUID | None = None,
-    stage: Annotated[str | None, Query(description="Stage id (or name)")] = None,
+    stage: Annotated[FilterText | None, Query(description="Stage id (or name)")] = None,
     status: Literal["open", "won", "lost"] | None = None,
-    owner: str | None = None,
+    owner: FilterText | None = None,
     updated_since: Annotated[
-        datetime | None, Query(description="Only deals whose last event was recorded since")
+        Moment | None, Query(description="Only deals whose last event was recorded since")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
+    cursor: CursorParam = None,
     min_position: MinPosition = None,
 ) -> JSONResponse:
     """Deals filtered, in a stable order (creation time, then id), a page at a time."""
-    after = None
-    if cursor:
-        raw = decode_cursor(cursor)
-        try:
-            after = (datetime.fromisoformat(raw[0]), str(raw[1]))
-        except (TypeError, ValueError, IndexError, KeyError):
-            raise ApiError(422, "cursor is not valid", details={"field": "cursor"}) from None
-    if updated_since is not None and updated_since.tzinfo is None:
-        raise ApiError(
-            422, "updated_since must include a time zone", details={"field": "updated_since"}
-        )
+    after = deal_cursor(cursor)
     async with models.open("current_pipeline", min_position) as view:
         pipelines = await pipeline_lookup(view.conn, view.tables)
         stage_id = resolve_stage(pipelines, pipeline_id, stage) if stage else None
@@ -132,8 +120,7 @@ async def list_deals(
     page = rows[:limit]
     next_cursor = None
     if len(rows) > limit:
-        last = page[-1]
-        next_cursor = encode_cursor([last["created_at"].isoformat(), last["deal_id"]])
+        next_cursor = deal_cursor_after(page[-1])
     return JSONResponse(
         {
             "data": [deal_view(r, pipelines, now) for r in page],
@@ -152,16 +139,14 @@ async def get_deal(
     response: Response,
     min_position: MinPosition = None,
     as_of: Annotated[
-        datetime | None,
+        Moment | None,
         Query(description="Return the deal as it was at this moment (business time)"),
     ] = None,
 ) -> dict[str, Any]:
     """A deal's current state from the read model, with its time in the current stage and
     staleness; with `as_of`, its state at that past moment, rebuilt from its events."""
     if as_of is not None:
-        moment = aware(as_of, "as_of")
-        assert moment is not None
-        return await deal_as_of(models, deal_id, moment, min_position)
+        return await deal_as_of(models, deal_id, as_of, min_position)
     async with models.open("current_pipeline", min_position) as view:
         row = await current_pipeline.get_deal(view.conn, view.tables, deal_id)
         if row is None:
@@ -185,15 +170,6 @@ def history_view(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def position_cursor(cursor: str | None) -> int:
-    if not cursor:
-        return 0
-    value = decode_cursor(cursor)
-    if not isinstance(value, int) or value < 0:
-        raise ApiError(422, "cursor is not valid", details={"field": "cursor"})
-    return value
-
-
 def page_of(rows: list[dict[str, Any]], limit: int) -> tuple[list[dict[str, Any]], str | None]:
     page = rows[:limit]
     return page, (encode_cursor(page[-1]["position"]) if len(rows) > limit else None)
@@ -205,7 +181,7 @@ async def deal_history(
     principal: CurrentPrincipal,
     models: ReadModelsDep,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-    cursor: str | None = None,
+    cursor: CursorParam = None,
     min_position: MinPosition = None,
 ) -> JSONResponse:
     """The deal's audit trail, oldest first: who changed what, when, and how."""

@@ -13,10 +13,10 @@ from libs.application.app import CommandResult
 from services.pipeline_api.deps import (
     CurrentPrincipal,
     ExpectedVersion,
-    IdempotencyKey,
     PipelineApp,
 )
 from services.pipeline_api.errors import ERROR_RESPONSES
+from services.pipeline_api.idempotency import IdempotencyKey
 from services.pipeline_api.schemas import (
     DealAdvance,
     DealCommandResponse,

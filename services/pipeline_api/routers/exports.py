@@ -13,6 +13,7 @@ from libs.application.app import DealtrailApplication
 from services.exporter.events import BATCH_SIZE, export_bounds, lines_of, read_batch
 from services.pipeline_api.deps import CurrentPrincipal, PipelineApp
 from services.pipeline_api.errors import ERROR_RESPONSES
+from services.pipeline_api.readmodels import MAX_POSITION
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=ERROR_RESPONSES)
 
@@ -42,10 +43,17 @@ async def _stream(app: DealtrailApplication, start: int, stop: int) -> AsyncIter
 async def export_events(
     app: PipelineApp,
     principal: CurrentPrincipal,
-    from_position: Annotated[int, Query(ge=1, description="First position to export")] = 1,
+    from_position: Annotated[
+        int, Query(ge=1, le=MAX_POSITION, description="First position to export")
+    ] = 1,
     to_position: Annotated[
         int | None,
-        Query(ge=1, description="Last position (default: the newest event when the export starts)"),
+        Query(
+            ge=1,
+            le=MAX_POSITION,
+            description="Last position (default and at most: the newest event when the export "
+            "starts)",
+        ),
     ] = None,
 ) -> StreamingResponse:
     """Every event from ``from_position`` to ``to_position`` as JSON Lines (streamed).

@@ -16,12 +16,13 @@ from starlette.concurrency import run_in_threadpool
 from libs.application.importing import ImportAborted
 from libs.domain.errors import Forbidden
 from services.importer.generic import COLUMNS, import_deals_text
-from services.pipeline_api.deps import CurrentPrincipal, IdempotencyKey, PipelineApp
+from services.pipeline_api.deps import CurrentPrincipal, PipelineApp
 from services.pipeline_api.errors import ERROR_RESPONSES, ApiError
+from services.pipeline_api.idempotency import IdempotencyKey
+from services.pipeline_api.limits import CSV_TYPES
 
 router = APIRouter(prefix="/v1/imports", tags=["imports"], responses=ERROR_RESPONSES)
 
-CSV_TYPES = ("text/csv", "application/csv")
 UPLOAD_NAME = "upload.csv"
 
 

@@ -7,8 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
-from services.pipeline_api.deps import CurrentPrincipal, IdempotencyKey, PipelineApp, ServicesDep
+from services.pipeline_api.deps import CurrentPrincipal, PipelineApp, ServicesDep
 from services.pipeline_api.errors import ERROR_RESPONSES
+from services.pipeline_api.idempotency import IdempotencyKey
 from services.pipeline_api.readmodels import MinPosition, ReadModelsDep
 from services.pipeline_api.schemas import OwnerTeam
 from services.projections import analytics

@@ -21,11 +21,11 @@ from libs.domain.values import UNSET
 from services.pipeline_api.deps import (
     CurrentPrincipal,
     ExpectedVersion,
-    IdempotencyKey,
     PipelineApp,
     ServicesDep,
 )
 from services.pipeline_api.errors import ERROR_RESPONSES
+from services.pipeline_api.idempotency import IdempotencyKey
 from services.pipeline_api.readmodels import ReadModelsDep
 from services.pipeline_api.schemas import (
     LostReasonIn,

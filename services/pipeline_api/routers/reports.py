@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import Response
 
 from services.pipeline_api.deps import CurrentPrincipal, ServicesDep
 from services.pipeline_api.errors import ERROR_RESPONSES, ApiError
 from services.pipeline_api.query_cache import Computed, FreshAnswer, TimeUse, json_body
 from services.pipeline_api.readmodels import MinPosition, ReadModelsDep
-from services.pipeline_api.routers.deal_queries import aware
+from services.pipeline_api.schemas import FilterText, Moment
 from services.reports import ReportContext, ReportFn, ReportParams
-from services.reports.sales import REPORTS
+from services.reports.sales import NEEDS_PIPELINE, REPORTS
 
 router = APIRouter(prefix="/v1/reports", tags=["reports"], responses=ERROR_RESPONSES)
 
@@ -25,23 +24,39 @@ CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
 }
 
 
+async def _any_pipeline(
+    pipeline_id: Annotated[UUID | None, Query(description="Only this pipeline")] = None,
+) -> UUID | None:
+    return pipeline_id
+
+
+async def _one_pipeline(
+    pipeline_id: Annotated[UUID, Query(description="The pipeline to report on")],
+) -> UUID | None:
+    return pipeline_id
+
+
+AnyPipeline = Annotated[UUID | None, Depends(_any_pipeline)]
+OnePipeline = Annotated[UUID | None, Depends(_one_pipeline)]
+
+
 def _route(name: str, fn: ReportFn) -> Callable[..., Awaitable[Response]]:
     async def report(
         principal: CurrentPrincipal,
         services: ServicesDep,
         models: ReadModelsDep,
         fresh: FreshAnswer,
-        pipeline_id: UUID | None = None,
+        pipeline_id: AnyPipeline,
         from_: Annotated[
-            datetime | None, Query(alias="from", description="period start (occurred_at)")
+            Moment | None, Query(alias="from", description="period start (occurred_at)")
         ] = None,
-        to: Annotated[datetime | None, Query(description="period end, exclusive")] = None,
-        owner: str | None = None,
-        team: str | None = None,
+        to: Annotated[Moment | None, Query(description="period end, exclusive")] = None,
+        owner: FilterText | None = None,
+        team: FilterText | None = None,
         min_position: MinPosition = None,
         accept: Annotated[str | None, Header(include_in_schema=False)] = None,
     ) -> Response:
-        start, end = aware(from_, "from"), aware(to, "to")
+        start, end = from_, to
         if start and end and start >= end:
             raise ApiError(422, "from must be before to", details={"field": "from"})
         params = ReportParams(pipeline_id, start, end, owner, team, min_position)
@@ -77,6 +92,8 @@ def _route(name: str, fn: ReportFn) -> Callable[..., Awaitable[Response]]:
             key, models.states, min_position, compute, fresh=fresh
         )
 
+    # A report about one pipeline's stages declares pipeline_id required.
+    report.__annotations__["pipeline_id"] = OnePipeline if name in NEEDS_PIPELINE else AnyPipeline
     report.__name__ = f"report_{name.replace('-', '_')}"
     report.__doc__ = fn.__doc__
     return report
