@@ -14,8 +14,12 @@ from starlette.concurrency import run_in_threadpool
 from services.pipeline_api.bootstrap import Services, bootstrap
 from services.pipeline_api.deps import ServicesDep
 from services.pipeline_api.errors import ErrorResponse, error_response, install_error_handlers
-from services.pipeline_api.idempotency import IdempotencyMiddleware
-from services.pipeline_api.limits import BodySizeLimitMiddleware
+from services.pipeline_api.idempotency import (
+    IdempotencyMiddleware,
+    IdempotentAnswer,
+    idempotent_answer,
+)
+from services.pipeline_api.limits import BodySizeLimitMiddleware, RequestBodyMiddleware
 from services.pipeline_api.routers import (
     audit,
     board,
@@ -62,6 +66,7 @@ def create_app(settings: Settings | None = None, *, wire: Bootstrap | None = Non
     )
     app.state.services = None
     install_error_handlers(app)
+    app.add_exception_handler(IdempotentAnswer, idempotent_answer)
     app.include_router(pipelines.router)
     app.include_router(board.router)
     app.include_router(deals.router)
@@ -90,11 +95,13 @@ def create_app(settings: Settings | None = None, *, wire: Bootstrap | None = Non
             )
         return JSONResponse({"status": "ok", "store": "reachable", "position": head})
 
-    # Outermost first: the size limit guards everything, idempotency wraps the routes.
+    # Each one added wraps the ones before: the size limit guards everything, then the
+    # body's type and syntax are checked, then idempotency wraps the routes.
     app.add_middleware(
         IdempotencyMiddleware,
         store_getter=lambda: app.state.services.idempotency,
         services_getter=lambda: app.state.services,
     )
+    app.add_middleware(RequestBodyMiddleware, csv_paths=(imports.router.prefix,))
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     return app
