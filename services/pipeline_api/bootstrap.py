@@ -14,7 +14,7 @@ from libs.application.app import Clock, DealtrailApplication, utc_now
 from libs.application.sql import ensure_schema, make_engine, setup_lock
 from services.pipeline_api.auth import KeyRing, build_keyring
 from services.pipeline_api.breaker import StoreBreaker
-from services.pipeline_api.idempotency import IdempotencyStore
+from services.pipeline_api.idempotency_store import IdempotencyStore
 from services.pipeline_api.query_cache import QueryCache
 from services.pipeline_api.settings import Settings
 from services.projections.reading import ReadModels
@@ -94,7 +94,7 @@ async def bootstrap(settings: Settings, clock: Clock = utc_now) -> Services:
         idempotency=idempotency,
         keyring=keyring,
         clock=clock,
-        read_models=ReadModels(engine, settings.read_wait_seconds),
+        read_models=ReadModels(engine, settings.read_wait_seconds, settings.max_read_waiters),
         breaker=StoreBreaker(settings.store),
         query_cache=QueryCache(clock),
         generated_admin_token=generated,

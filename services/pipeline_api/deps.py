@@ -54,13 +54,19 @@ async def current_principal(
     challenge = {"WWW-Authenticate": "Bearer"}
     if not authorization:
         raise ApiError(401, "missing Authorization: Bearer <token> header", headers=challenge)
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_token(authorization)
+    if not token:
         raise ApiError(401, "Authorization must be 'Bearer <token>'", headers=challenge)
-    actor = services.keyring.actor_for(token.strip())
+    actor = services.keyring.actor_for(token)
     if actor is None:
         raise ApiError(401, "unknown API token", headers=challenge)
     return actor
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of ``Authorization: Bearer <token>`` ("" when there is none)."""
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 CurrentPrincipal = Annotated[Actor, Depends(current_principal)]
@@ -89,22 +95,3 @@ async def expected_version(
 
 
 ExpectedVersion = Annotated[int | None, Depends(expected_version)]
-
-
-async def idempotency_key_doc(
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            description=(
-                "Retrying with the same key and body returns the first response and "
-                "records nothing new; the same key with another body is a 422."
-            ),
-            max_length=200,
-        ),
-    ] = None,
-) -> None:
-    """Documents the header in OpenAPI; the middleware does the work."""
-
-
-IdempotencyKey = Depends(idempotency_key_doc)
