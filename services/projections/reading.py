@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -16,6 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.projections.base import Projection, projection_state
 from services.projections.runner import all_projections
 
+log = logging.getLogger("dealtrail.projections")
+
 
 class ReadModelUnavailable(Exception):
     """The read model cannot answer yet (not built, or behind the requested position)."""
@@ -28,6 +32,7 @@ class ReadModelUnavailable(Exception):
 
 
 WAIT_POLL_SECONDS = 0.02
+DEFAULT_MAX_WAITERS = 256
 
 ReadsSeen = dict[str, tuple[int, int]]
 """Per read model opened: the ``(generation, position)`` of the first view opened on it."""
@@ -67,13 +72,33 @@ class ReadView:
 
 
 class ReadModels:
-    """Opens read models for queries; waits (bounded) for a requested position."""
+    """Opens read models for queries; waits (bounded) for a requested position.
 
-    def __init__(self, engine: AsyncEngine, wait_seconds: float) -> None:
+    A query that asks for a position its read model has not reached yet waits without a
+    database connection: one poller per process reads every projection's position (one
+    small query every ``WAIT_POLL_SECONDS``, only while someone waits) and wakes the
+    waiters; a waiter checks out a connection only once its position is there. At most
+    ``max_waiters`` queries wait at once per process; the next one gets 503
+    ``too_many_waiters``.
+    """
+
+    def __init__(
+        self, engine: AsyncEngine, wait_seconds: float, max_waiters: int = DEFAULT_MAX_WAITERS
+    ) -> None:
         self.engine = engine
         self.wait_seconds = wait_seconds
+        self.max_waiters = max_waiters
         self.projections: dict[str, Projection] = {p.name: p for p in all_projections()}
         self._states_read: asyncio.Future[dict[str, tuple[int, int]]] | None = None
+        self._waiters = 0
+        self._known: dict[str, tuple[int, int]] = {}
+        self._polled = asyncio.Event()
+        self._poller: asyncio.Task[None] | None = None
+
+    @property
+    def waiting(self) -> int:
+        """Queries waiting for a position right now."""
+        return self._waiters
 
     async def states(self) -> dict[str, tuple[int, int]]:
         """Every built read model's ``(generation, position)``, as committed now.
@@ -117,27 +142,67 @@ class ReadModels:
     async def open(self, name: str, min_position: int | None = None) -> AsyncIterator[ReadView]:
         projection = self.projections[name]
         deadline = time.monotonic() + self.wait_seconds
-        async with self.engine.connect() as conn:
-            while True:
+        while True:
+            async with self.engine.connect() as conn:
                 state = await self._state(conn, name)
-                position = state[1] if state else 0
-                if state is not None and (min_position is None or position >= min_position):
-                    break
-                if time.monotonic() >= deadline:
-                    if state is None:
-                        raise ReadModelUnavailable(
-                            "projection_not_ready",
-                            f"read model {name} has not been built yet; retry shortly",
-                        )
-                    raise ReadModelUnavailable(
-                        "projection_behind",
-                        f"read model {name} reflects position {position}, not yet "
-                        f"min_position {min_position}, after waiting {self.wait_seconds:g} s; "
-                        "retry shortly",
-                        {"position": position, "min_position": min_position},
-                    )
-                await conn.rollback()  # see the worker's newer commits on the next read
-                await asyncio.sleep(WAIT_POLL_SECONDS)
-            generation, position = state
-            note_read(name, generation, position)
-            yield ReadView(conn, projection.tables(generation), position, generation)
+                if state is not None and (min_position is None or state[1] >= min_position):
+                    generation, position = state
+                    note_read(name, generation, position)
+                    yield ReadView(conn, projection.tables(generation), position, generation)
+                    return
+            await self._wait(name, min_position or 0, deadline, state)
+
+    async def _wait(
+        self, name: str, target: int, deadline: float, state: tuple[int, int] | None
+    ) -> None:
+        """Wait, holding no connection, until ``name`` seems to have reached ``target``;
+        raise :class:`ReadModelUnavailable` when the deadline passes first."""
+        if self._waiters >= self.max_waiters:
+            raise ReadModelUnavailable(
+                "too_many_waiters",
+                f"{self._waiters} queries are already waiting for read models to catch up; "
+                "retry shortly",
+                {"max_waiters": self.max_waiters},
+            )
+        self._waiters += 1
+        try:
+            if self._poller is None or self._poller.done():
+                self._poller = asyncio.create_task(self._poll(), name="read-model-positions")
+            while True:
+                known = self._known.get(name, state)
+                if known is not None and known[1] >= target:
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise _behind(name, known, target, self.wait_seconds)
+                polled = self._polled
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(polled.wait(), timeout=remaining)
+        finally:
+            self._waiters -= 1
+
+    async def _poll(self) -> None:
+        """Read every projection's position while anyone waits; wake the waiters each time."""
+        while self._waiters > 0:
+            try:
+                self._known = await self.states()
+            except Exception as exc:  # noqa: BLE001 - waiters time out; the next query reports it
+                log.warning("reading projection positions: %s", exc)
+            polled, self._polled = self._polled, asyncio.Event()
+            polled.set()
+            await asyncio.sleep(WAIT_POLL_SECONDS)
+
+
+def _behind(
+    name: str, state: tuple[int, int] | None, target: int, waited: float
+) -> ReadModelUnavailable:
+    if state is None:
+        return ReadModelUnavailable(
+            "projection_not_ready", f"read model {name} has not been built yet; retry shortly"
+        )
+    return ReadModelUnavailable(
+        "projection_behind",
+        f"read model {name} reflects position {state[1]}, not yet min_position {target}, "
+        f"after waiting {waited:g} s; retry shortly",
+        {"position": state[1], "min_position": target},
+    )
