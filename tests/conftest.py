@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -127,12 +128,20 @@ def settings(backend: Backend, tmp_path: Path) -> Settings:
     return backend.settings(tmp_path / "data")
 
 
-@pytest.fixture
-async def api(settings: Settings, clock: TestClock) -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client talking to the real app (lifespan run, real stores)."""
+@asynccontextmanager
+async def client_for(settings: Settings, clock: TestClock) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client talking to the real app on ``settings`` (lifespan run, real stores);
+    ``client.app`` is the app."""
     app = create_app(settings, wire=lambda s: bootstrap(s, clock=clock))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://dealtrail") as client:
             client.app = app  # type: ignore[attr-defined]
             yield client
+
+
+@pytest.fixture
+async def api(settings: Settings, clock: TestClock) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client talking to the real app (lifespan run, real stores)."""
+    async with client_for(settings, clock) as client:
+        yield client

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 
-from services.pipeline_api.bootstrap import bootstrap
-from services.pipeline_api.main import create_app
 from services.pipeline_api.settings import Settings
-from tests.conftest import TestClock, auth
+from tests.conftest import TestClock, auth, client_for
 
 
 def head(api: httpx.AsyncClient) -> int:
@@ -181,21 +177,8 @@ async def test_an_error_answer_is_replayed_too_but_a_401_is_not(api: httpx.Async
         assert "idempotent-replayed" not in refused.headers
 
 
-@asynccontextmanager
-async def running(settings: Settings, clock: TestClock) -> AsyncIterator[httpx.AsyncClient]:
-    """A fresh app on ``settings`` (as the ``api`` fixture builds it), closed on exit."""
-    app = create_app(settings, wire=lambda s: bootstrap(s, clock=clock))
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://dealtrail") as client,
-    ):
-        client.app = app  # type: ignore[attr-defined]
-        yield client
-
-
 async def test_keys_survive_an_app_restart(settings: Settings, clock: TestClock) -> None:
-    async with running(settings, clock) as api:
+    async with client_for(settings, clock) as api:
         r = await api.post(
             "/v1/pipelines", json={"name": "New business", "currency": "EUR"}, headers=auth("admin")
         )
@@ -204,7 +187,7 @@ async def test_keys_survive_an_app_restart(settings: Settings, clock: TestClock)
         assert first.status_code == 201, first.text
         head_before = head(api)
 
-    async with running(settings, clock) as api:
+    async with client_for(settings, clock) as api:
         assert head(api) == head_before
         replay = await api.post("/v1/deals", json=body, headers=keyed("rep", "survivor"))
         assert_replay_of(replay, first)

@@ -5,19 +5,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from services.pipeline_api.bootstrap import bootstrap
-from services.pipeline_api.main import create_app
-from services.pipeline_api.settings import Settings
 from services.projections.runner import EventSource, Worker
-from tests.conftest import Backend, TestClock, auth
+from tests.conftest import Backend, TestClock, auth, client_for
 
 STAGES = [
     {"name": "Qualify", "probability": 10},
@@ -39,17 +34,6 @@ def services_of(api: httpx.AsyncClient) -> Any:
 
 def head(api: httpx.AsyncClient) -> int:
     return int(services_of(api).app.head_position())
-
-
-@asynccontextmanager
-async def client_for(settings: Settings, clock: TestClock) -> AsyncIterator[httpx.AsyncClient]:
-    """Like the ``api`` fixture, with settings of the test's own."""
-    app = create_app(settings, wire=lambda s: bootstrap(s, clock=clock))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://dealtrail") as client:
-            client.app = app  # type: ignore[attr-defined]
-            yield client
 
 
 async def ok(response: Any, status: int = 200) -> dict[str, Any]:

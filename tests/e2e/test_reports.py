@@ -52,9 +52,7 @@ import psycopg
 import pytest
 import pytest_asyncio
 
-from services.pipeline_api.bootstrap import bootstrap
-from services.pipeline_api.main import create_app
-from tests.conftest import PG_URL, Backend, TestClock, auth, need_postgres
+from tests.conftest import PG_URL, Backend, TestClock, auth, client_for, need_postgres
 
 # The reports only read, so the fixture is built once per backend and shared by the tests
 # of this module (on one event loop); the client is made exactly like the ``api`` fixture.
@@ -204,11 +202,8 @@ async def book(
     """The hand-worked history, built through the HTTP API with the clock at 1 June 2026."""
     settings = shared_backend.settings(tmp_path_factory.mktemp("data"))
     clock = TestClock()
-    app = create_app(settings, wire=lambda s: bootstrap(s, clock=clock))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://dealtrail") as client:
-            yield await build(client)
+    async with client_for(settings, clock) as client:
+        yield await build(client)
 
 
 def by(rows: list[dict[str, Any]], *keys: str) -> dict[Any, dict[str, Any]]:
