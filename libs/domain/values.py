@@ -100,7 +100,11 @@ def check_text(value: Any, field: str, *, max_length: int, required: bool = True
         raise InvalidInput(f"{field} must not be empty", field=field)
     if len(text) > max_length:
         raise InvalidInput(f"{field} must be at most {max_length} characters", field=field)
-    if any(unicodedata.category(ch) == "Cc" and ch not in "\n\t" for ch in text):
+    # Control characters (NUL among them) and lone surrogates cannot be stored as text.
+    if any(
+        (unicodedata.category(ch) == "Cc" and ch not in "\n\t") or "\ud800" <= ch <= "\udfff"
+        for ch in text
+    ):
         raise InvalidInput(f"{field} must not contain control characters", field=field)
     return text
 
