@@ -75,11 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_projections(commands)
 
-    from services import demo, exporter, importer
+    from services import audit, demo, exporter, importer
 
     importer.register(commands)
     exporter.register(commands)
     demo.register(commands)
+    audit.register(commands)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""The PostgreSQL event store's insert, done in one round trip with the same ordering.
+"""The PostgreSQL event store's insert: one round trip, the same ordering, the hash chain.
 
 The library's recorder keeps the log gap-free by taking the events table's ``EXCLUSIVE``
 lock in every insert transaction: BEGIN, LOCK, NOTIFY and INSERT go out in one pipeline,
@@ -12,6 +12,13 @@ and commits without waiting on the client. Commit order still equals insert orde
 reader tailing the log never passes over a gap that is filled later. The library ships a
 similar function but without the lock; this one is created under its own name next to
 the library's tables.
+
+Under that same lock the function also extends the hash chain (``libs/chain_verifier.py``
+defines it): it reads the newest stored event's position and hash, and gives each new
+event its position, ``prev_position`` and ``hash = sha256(prev_hash || canonical
+bytes)``, so concurrent appends form one unbroken line. While the newest event has no
+hash (a log written before the chain, not yet sealed by ``dealtrail audit seal``) new
+events get none either; the seal fills them in order.
 """
 
 from __future__ import annotations
@@ -23,42 +30,100 @@ from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.utils import retry
 from psycopg import InterfaceError, OperationalError
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Identifier, Literal
 
 FUNCTION_PREFIX = "dealtrail_append_events"
+CHECKPOINTS_TABLE = "event_checkpoints"
 
 
 class OrderedInsertRecorder(PostgresApplicationRecorder):
-    """Appends events with one call to a function that locks, notifies and inserts."""
+    """Appends events with one call to a function that locks, notifies, chains and inserts."""
 
     def __init__(
         self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"
     ) -> None:
         super().__init__(datastore, events_table_name=events_table_name)
+        if self.datastore.originator_id_type != "uuid":
+            raise ValueError("the hash chain needs UUID aggregate ids")
         schema = Identifier(self.datastore.schema)
+        # The same name as before the chain: processes still running older code call it
+        # by name, so replacing its body makes their appends chain too.
         self.append_function_name = f"{FUNCTION_PREFIX}_{self.datastore.originator_id_type}"
         function = Identifier(self.append_function_name)
         table = Identifier(self.events_table_name)
+        sequence = Literal(
+            f'"{self.datastore.schema}"."{self.events_table_name}_notification_id_seq"'
+        )
+        names = {
+            "schema": schema,
+            "table": table,
+            "checkpoints": Identifier(CHECKPOINTS_TABLE),
+            "table_name": Literal(self.events_table_name),
+            "schema_name": Literal(self.datastore.schema),
+        }
+        # Databases written before the chain get its columns; checked first so that a
+        # start-up does not queue for the table's ACCESS EXCLUSIVE lock every time.
+        self.sql_create_statements.append(
+            SQL(
+                "DO $DO$ BEGIN "
+                "IF NOT EXISTS (SELECT 1 FROM information_schema.columns "
+                "WHERE table_schema = {schema_name} AND table_name = {table_name} "
+                "AND column_name = 'hash') THEN "
+                "ALTER TABLE {schema}.{table} ADD COLUMN IF NOT EXISTS prev_position bigint, "
+                "ADD COLUMN IF NOT EXISTS hash bytea; "
+                "END IF; END $DO$"
+            ).format(**names)
+        )
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.{checkpoints} ("
+                "position bigint PRIMARY KEY, hash bytea NOT NULL, created_at text NOT NULL, "
+                "public_key bytea, signature bytea)"
+            ).format(**names)
+        )
         self.sql_create_statements.append(
             SQL(
                 "CREATE OR REPLACE FUNCTION {schema}.{function}(events {schema}.{event}[]) "
                 "RETURNS SETOF bigint LANGUAGE plpgsql AS $BODY$ "
+                "DECLARE "
+                "e {schema}.{event}; "
+                "p bigint; "
+                "topic bytea; "
+                "last_position bigint; "
+                "last_hash bytea; "
                 "BEGIN "
                 "SET LOCAL lock_timeout = '{lock_timeout}s'; "
                 "LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE; "
                 "NOTIFY {channel}; "
-                "RETURN QUERY INSERT INTO {schema}.{table} AS t "
-                "(originator_id, originator_version, topic, state) "
-                "SELECT originator_id, originator_version, topic, state FROM unnest(events) "
-                "RETURNING notification_id; "
+                "SELECT s.notification_id, s.hash INTO last_position, last_hash "
+                "FROM {schema}.{table} s ORDER BY s.notification_id DESC LIMIT 1; "
+                "IF NOT FOUND THEN "
+                "last_position := 0; last_hash := '\\x{genesis}'::bytea; "
+                "END IF; "
+                "FOREACH e IN ARRAY events LOOP "
+                "p := nextval({sequence}::regclass); "
+                "IF last_hash IS NOT NULL THEN "
+                "topic := convert_to(e.topic, 'UTF8'); "
+                "last_hash := sha256(last_hash || int8send(p) || uuid_send(e.originator_id) "
+                "|| int8send(e.originator_version) || int4send(length(topic)) || topic "
+                "|| int4send(length(e.state)) || e.state); "
+                "END IF; "
+                "INSERT INTO {schema}.{table} (notification_id, originator_id, "
+                "originator_version, topic, state, prev_position, hash) "
+                "VALUES (p, e.originator_id, e.originator_version, e.topic, e.state, "
+                "last_position, last_hash); "
+                "last_position := p; "
+                "RETURN NEXT p; "
+                "END LOOP; "
                 "END; $BODY$"
             ).format(
-                schema=schema,
                 function=function,
                 event=Identifier(self.stored_event_type_name),
-                table=table,
                 channel=Identifier(self.channel_name),
                 lock_timeout=self.datastore.lock_timeout,
+                sequence=sequence,
+                genesis=SQL("00" * 32),
+                **names,
             )
         )
         self.append_statement = SQL("SELECT * FROM {schema}.{function}((%s))").format(

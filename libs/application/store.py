@@ -69,6 +69,8 @@ class StoreLocation:
                 "SQLITE_DBNAME": str(self.sqlite_path),
                 "SQLITE_LOCK_TIMEOUT": "10",
                 "CREATE_TABLE": "y",
+                # Extends the hash chain in each insert transaction (see integrity).
+                "APPLICATION_RECORDER_TOPIC": "libs.application.integrity:ChainedSQLiteRecorder",
             }
         env = {
             "PERSISTENCE_MODULE": "eventsourcing.postgres",
@@ -85,7 +87,7 @@ class StoreLocation:
             # the recorder retries on a fresh one, which saves a round trip per query.
             "POSTGRES_PRE_PING": "n",
             "CREATE_TABLE": "y",
-            # Lock, notify and insert in one server-side call (see pg_recorder).
+            # Lock, notify, chain and insert in one server-side call (see pg_recorder).
             "APPLICATION_RECORDER_TOPIC": "libs.application.pg_recorder:OrderedInsertRecorder",
         }
         if self.schema:

@@ -29,7 +29,12 @@ def _export_events(args: argparse.Namespace, settings: Settings) -> int:
 
             def write(out: TextIO) -> int:
                 return write_events(
-                    app, out, from_position=start, to_position=stop, progress=bar.update
+                    app,
+                    out,
+                    from_position=start,
+                    to_position=stop,
+                    signer=settings.signer,
+                    progress=bar.update,
                 )
 
             if args.output and args.output != "-":
@@ -54,8 +59,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         help="every event as JSON Lines, in position order",
         description=(
             "Write the event log as JSON Lines (one event a line: position, aggregate_id, "
-            "aggregate_type, type, version, actor, occurred_at, recorded_at, payload), "
-            "streaming, in position order. Progress goes to stderr."
+            "aggregate_type, type, version, actor, occurred_at, recorded_at, payload, and "
+            "the hash chain's topic, state, prev_position, prev_hash, hash; each checkpoint "
+            "after the event at its position), streaming, in position order. With "
+            "DEALTRAIL_SIGNING_KEY the last event gets a signed checkpoint first. Progress "
+            "goes to stderr."
         ),
     )
     events.add_argument("--from-position", type=_position, default=1, metavar="N")

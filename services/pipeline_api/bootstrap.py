@@ -119,3 +119,24 @@ def start_embedded_worker(services: Services, worker: Worker) -> None:
             task.cancel()
 
     services.background.append(stop)
+    start_checkpointer(services)
+
+
+def start_checkpointer(services: Services) -> None:
+    """Checkpoints are written beside the projection worker (see services/audit)."""
+    from services.audit.checkpoints import Checkpointer
+
+    settings = services.settings
+    checkpointer = Checkpointer(
+        services.app, settings.signer, settings.checkpoint_policy, clock=services.clock
+    )
+    task = asyncio.create_task(checkpointer.run(), name="checkpointer")
+
+    async def stop() -> None:
+        checkpointer.stop()
+        try:
+            await asyncio.wait_for(task, timeout=10)
+        except (TimeoutError, asyncio.CancelledError):
+            task.cancel()
+
+    services.background.append(stop)

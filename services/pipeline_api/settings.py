@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from libs.application.integrity import CheckpointPolicy, Signer
 from libs.application.store import StoreLocation
 from libs.domain.actors import Actor, Role
 
@@ -33,11 +35,27 @@ class Settings(BaseSettings):
     embedded_worker: bool = Field(default=True, alias="DEALTRAIL_EMBEDDED_WORKER")
     idempotency_ttl_hours: int = Field(default=24, alias="DEALTRAIL_IDEMPOTENCY_TTL_HOURS", ge=1)
     store_pool_size: int = Field(default=8, alias="DEALTRAIL_STORE_POOL_SIZE", ge=1)
+    signing_key: SecretStr | None = Field(default=None, alias="DEALTRAIL_SIGNING_KEY")
+    checkpoint_every: int = Field(default=1000, alias="DEALTRAIL_CHECKPOINT_EVERY", ge=1)
+    checkpoint_minutes: float = Field(
+        default=5.0, alias="DEALTRAIL_CHECKPOINT_MINUTES", gt=0, le=7 * 24 * 60
+    )
 
     @field_validator("database_url")
     @classmethod
     def _known_backend(cls, value: str) -> str:
         StoreLocation.parse(value)
+        return value
+
+    @field_validator("signing_key")
+    @classmethod
+    def _readable_signing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        try:
+            Signer.from_text(value.get_secret_value())
+        except ValueError as exc:
+            raise ValueError(f"DEALTRAIL_SIGNING_KEY: {exc}") from None
         return value
 
     @model_validator(mode="after")
@@ -57,6 +75,17 @@ class Settings(BaseSettings):
     @cached_property
     def store(self) -> StoreLocation:
         return StoreLocation.parse(self.database_url, self.database_schema)
+
+    @cached_property
+    def signer(self) -> Signer | None:
+        """Signs checkpoints; None without ``DEALTRAIL_SIGNING_KEY`` (unsigned checkpoints)."""
+        if self.signing_key is None:
+            return None
+        return Signer.from_text(self.signing_key.get_secret_value())
+
+    @property
+    def checkpoint_policy(self) -> CheckpointPolicy:
+        return CheckpointPolicy(self.checkpoint_every, timedelta(minutes=self.checkpoint_minutes))
 
     @property
     def admin_key_file(self) -> Path:

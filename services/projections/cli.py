@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.application.app import DealtrailApplication
 from libs.application.sql import ensure_schema, make_engine, setup_lock
+from services.audit.checkpoints import Checkpointer
 from services.pipeline_api.settings import Settings
 from services.progress import Progress
 from services.projections.rebuild import (
@@ -71,16 +72,22 @@ async def _run(settings: Settings, names: list[str], batch_size: int) -> int:
         )
         async with setup_lock(settings.store):
             await worker.setup()
+        checkpointer = Checkpointer(stores.app, settings.signer, settings.checkpoint_policy)
+
+        def stop() -> None:
+            worker.stop()
+            checkpointer.stop()
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, worker.stop)
+                loop.add_signal_handler(sig, stop)
         print(
             f"projection worker for {', '.join(p.name for p in worker.projections)} "
             f"on {settings.store.describe()}",
             flush=True,
         )
-        await worker.run()
+        await asyncio.gather(worker.run(), checkpointer.run())
     return 0
 
 

@@ -9,9 +9,8 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from libs.application.app import DealtrailApplication
-from services.exporter.events import BATCH_SIZE, export_bounds, lines_of, read_batch
-from services.pipeline_api.deps import CurrentPrincipal, PipelineApp
+from services.exporter.events import EventExport, export_bounds
+from services.pipeline_api.deps import CurrentPrincipal, PipelineApp, ServicesDep
 from services.pipeline_api.errors import ERROR_RESPONSES
 from services.pipeline_api.readmodels import MAX_POSITION
 
@@ -20,14 +19,10 @@ router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=ERROR_RESPONSES
 NDJSON = "application/x-ndjson"
 
 
-async def _stream(app: DealtrailApplication, start: int, stop: int) -> AsyncIterator[bytes]:
+async def _stream(export: EventExport) -> AsyncIterator[bytes]:
     """Read one batch at a time off the event loop and send it before reading the next."""
-    while start <= stop:
-        batch = await run_in_threadpool(read_batch, app, start, stop, BATCH_SIZE)
-        if not batch:
-            return
-        yield lines_of(batch).encode("utf-8")
-        start = batch[-1].position + 1
+    while (chunk := await run_in_threadpool(export.next_lines)) is not None:
+        yield chunk[0].encode("utf-8")
 
 
 @router.get(
@@ -42,6 +37,7 @@ async def _stream(app: DealtrailApplication, start: int, stop: int) -> AsyncIter
 )
 async def export_events(
     app: PipelineApp,
+    services: ServicesDep,
     principal: CurrentPrincipal,
     from_position: Annotated[
         int, Query(ge=1, le=MAX_POSITION, description="First position to export")
@@ -59,15 +55,19 @@ async def export_events(
     """Every event from ``from_position`` to ``to_position`` as JSON Lines (streamed).
 
     Each line: position, aggregate_id, aggregate_type, type, version, actor, occurred_at,
-    recorded_at, payload. The ``Export-To-Position`` header names the last position
-    included, so the next export can start right after it.
+    recorded_at, payload, and the hash chain's topic, state, prev_position, prev_hash and
+    hash; checkpoints follow the event at their position. The ``Export-To-Position``
+    header names the last position included, so the next export can start right after it.
     """
     principal.check_may_read_audit()
     start, stop = await run_in_threadpool(export_bounds, app, from_position, to_position)
+    export = await run_in_threadpool(
+        lambda: EventExport(app, start, stop, signer=services.settings.signer)
+    )
     headers = {
         "Export-From-Position": str(start),
         "Export-To-Position": str(stop),
         "Content-Disposition": f'attachment; filename="dealtrail-events-{start}-{stop}.jsonl"',
         "Cache-Control": "no-store",
     }
-    return StreamingResponse(_stream(app, start, stop), media_type=NDJSON, headers=headers)
+    return StreamingResponse(_stream(export), media_type=NDJSON, headers=headers)
