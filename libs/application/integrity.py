@@ -725,6 +725,9 @@ def verify_store(
 ) -> VerifyReport:
     """Recompute the chain from ``start`` to ``stop`` and check the checkpoints in range."""
     start = max(1, start)
+    # Checkpoints beyond the newest event are looked for too: they name events that
+    # were removed from the end.
+    last = stop if stop is not None else 2**62
     if stop is None:
         head = chain.head()
         stop = head[0] if head else 0
@@ -733,7 +736,7 @@ def verify_store(
     if anchor[1] is None:
         report.finding = _unsealed(anchor[0])
         return report
-    checkpoints = chain.checkpoints(start, stop)
+    checkpoints = chain.checkpoints(start, last)
     report.checkpoints = len(checkpoints)
     for checkpoint in checkpoints:
         problem = signature_problem(checkpoint, trusted)
@@ -763,7 +766,7 @@ def verify_store(
             if not ok:
                 pending.cancel()
                 break
-    walk.finish(stop)
+    walk.finish(last)
     report.checked = walk.count
     report.last_position = walk.position if walk.count else None
     report.finding = walk.finding

@@ -77,7 +77,7 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
             report = verify_store(
                 chain_of(app.recorder),
                 start=args.from_position,
-                stop=stop,
+                stop=args.to_position,
                 trusted=trusted,
                 progress=bar.update,
             )

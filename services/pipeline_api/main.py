@@ -27,6 +27,7 @@ from services.pipeline_api.routers import (
     deals,
     exports,
     imports,
+    integrity,
     owners,
     pipelines,
     reports,
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None, *, wire: Bootstrap | None = Non
     app.include_router(audit.router)
     app.include_router(reports.router)
     app.include_router(exports.router)
+    app.include_router(integrity.router)
     app.include_router(imports.router)
     app.include_router(owners.router)
 
