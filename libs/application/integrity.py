@@ -85,7 +85,14 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
             f"INSERT INTO {table} (rowid, originator_id, originator_version, topic, state, "
             "prev_position, hash) VALUES (?,?,?,?,?,?,?)"
         )
-        self.select_head_statement = f"SELECT rowid, hash FROM {table} ORDER BY rowid DESC LIMIT 1"
+        # The first event of a batch goes in first, to take the write lock; its link is
+        # filled in once the event before it has been read.
+        self.claim_statement = (
+            f"INSERT INTO {table} (rowid, originator_id, originator_version, topic, state) "
+            f"SELECT coalesce(max(rowid), 0) + 1, ?, ?, ?, ? FROM {table}"
+        )
+        self.select_head_statement = f"SELECT rowid, hash FROM {table} ORDER BY rowid DESC LIMIT 2"
+        self.fill_statement = f"UPDATE {table} SET prev_position = ?, hash = ? WHERE rowid = ?"
 
     def construct_create_table_statements(self) -> list[str]:
         return [
@@ -105,16 +112,26 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        with _write_transaction(self.datastore) as c:
+        # The library's own transaction (a deferred BEGIN), whose first statement is a
+        # write, as in the library: SQLite takes the write lock there, waiting for it
+        # like any other writer, and what is read after it cannot change under us.
+        with self.datastore.transaction(commit=True) as c:
             return self._insert_events(c, stored_events, **kwargs)
 
     def _insert_events(
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **_: Any
     ) -> Sequence[int] | None:
+        if not stored_events:
+            return []
+        first = stored_events[0]
+        c.execute(self.claim_statement, self._columns(first))
         c.execute(self.select_head_statement)
-        head = c.fetchone()
-        position, last = (head[0], head[1]) if head else (0, GENESIS)
-        rows = []
+        rows = c.fetchall()
+        if len(rows) == 2:
+            position, last = rows[1][0], rows[1][1]
+        else:
+            position, last = 0, GENESIS
+        values = []
         for s in stored_events:
             new = position + 1
             aggregate_id = _uuid(s.originator_id)
@@ -122,12 +139,15 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
                 last = event_hash(
                     last, new, aggregate_id.bytes, s.originator_version, s.topic.encode(), s.state
                 )
-            rows.append(
-                (new, aggregate_id.hex, s.originator_version, s.topic, s.state, position, last)
-            )
+            values.append((new, *self._columns(s), position, last))
             position = new
-        c.executemany(self.insert_events_statement, rows)
-        return [row[0] for row in rows]
+        c.execute(self.fill_statement, (values[0][5], values[0][6], values[0][0]))
+        c.executemany(self.insert_events_statement, values[1:])
+        return [row[0] for row in values]
+
+    @staticmethod
+    def _columns(s: StoredEvent) -> tuple[str, int, str, bytes]:
+        return (_uuid(s.originator_id).hex, s.originator_version, s.topic, s.state)
 
 
 def _notification(pos: int, oid: UUID, version: int, topic: str, state: bytes) -> Notification:

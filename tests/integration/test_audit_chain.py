@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import shutil
@@ -41,6 +42,7 @@ from tests.conftest import PG_URL, Backend, TestClock
 from tests.integration.test_read_models import close_stores, open_stores, table_rows
 
 ROOT = Path(__file__).resolve().parents[2]
+LOCK_WAIT_SECONDS = 60
 DEMO_END = datetime(2026, 5, 1, tzinfo=UTC)
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 KEY = Signer.generate()
@@ -66,7 +68,9 @@ class Raw:
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         if self.backend.name == "sqlite":
             path = self.backend.url.split(":///", 1)[1]
-            with sqlite3.connect(path, isolation_level=None) as conn:
+            with contextlib.closing(
+                sqlite3.connect(path, isolation_level=None, timeout=LOCK_WAIT_SECONDS)
+            ) as conn:
                 return conn.execute(sql.replace("%s", "?"), params).fetchall()
         with psycopg.connect(PG_URL, autocommit=True) as conn:
             cur = conn.execute(sql, params)

@@ -1,4 +1,5 @@
-"""The PostgreSQL event store appends in one server-side call and keeps the log gap-free."""
+"""The PostgreSQL event store appends in one server-side call, keeps the log gap-free,
+and chains every event to the one stored before it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from eventsourcing.persistence import IntegrityError, StoredEvent
 
 from libs.application.app import DealtrailApplication
+from libs.application.integrity import chain_of, verify_store
 from libs.application.pg_recorder import OrderedInsertRecorder
 from libs.application.store import StoreLocation
 from tests.conftest import PG_URL, need_postgres
@@ -132,3 +134,39 @@ def test_a_reader_tailing_concurrent_writers_never_passes_over_a_position(
     everything = [n.id for n in recorder.select_notifications(1, WRITERS * EVENTS_PER_WRITER + 1)]
     assert len(everything) == WRITERS * EVENTS_PER_WRITER
     assert seen == everything
+    # ...and the hash chain is one unbroken line through all of them.
+    report = verify_store(chain_of(recorder))
+    assert report.ok, report.finding
+    assert report.checked == len(everything)
+
+
+def test_concurrent_appends_with_rolled_back_batches_keep_one_unbroken_chain(
+    app: DealtrailApplication,
+) -> None:
+    """Refused batches spend positions (gaps); every stored event still links to the one
+    stored before it, whichever writer committed it."""
+    recorder = app.recorder
+    taken = uuid.uuid4()
+    recorder.insert_events([_event(taken)])
+    refused = []
+
+    def write(n: int) -> None:
+        for i in range(EVENTS_PER_WRITER // 3):
+            batch = [_event(uuid.uuid4()), _event(uuid.uuid4())]
+            if (i + n) % 4 == 0:
+                batch.append(_event(taken))  # version 1 is taken: the whole batch rolls back
+            try:
+                recorder.insert_events(batch)
+            except IntegrityError:
+                refused.append(n)
+
+    writers = [threading.Thread(target=write, args=(n,)) for n in range(WRITERS)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    stored = [n.id for n in recorder.select_notifications(1, 10_000)]
+    assert refused and stored[-1] > len(stored)  # there are gaps
+    report = verify_store(chain_of(recorder))
+    assert report.ok, report.finding
+    assert report.checked == len(stored)

@@ -24,6 +24,12 @@ KEYS = {
     "occurred_at",
     "recorded_at",
     "payload",
+    # the hash chain
+    "topic",
+    "state",
+    "prev_position",
+    "prev_hash",
+    "hash",
 }
 
 
