@@ -88,6 +88,12 @@ class Backend:
         values.update(overrides)
         return Settings(**values)  # type: ignore[arg-type]
 
+    def point_cli_at(self, monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> None:
+        """Set the environment so that ``dealtrail`` commands run here use this backend."""
+        monkeypatch.setenv("DATABASE_URL", self.url)
+        monkeypatch.setenv("DEALTRAIL_DB_SCHEMA", self.schema)
+        monkeypatch.setenv("DEALTRAIL_DATA_DIR", str(data_dir))
+
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:

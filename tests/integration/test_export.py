@@ -44,9 +44,7 @@ def stored_positions(
         positions = [n.id for batch in app.iter_notifications(batch_size=300) for n in batch]
     finally:
         app.close()
-    monkeypatch.setenv("DATABASE_URL", backend.url)
-    monkeypatch.setenv("DEALTRAIL_DB_SCHEMA", backend.schema)
-    monkeypatch.setenv("DEALTRAIL_DATA_DIR", str(tmp_path / "data"))
+    backend.point_cli_at(monkeypatch, tmp_path / "data")
     return positions
 
 

@@ -42,9 +42,7 @@ def pipeline_id(backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
                 app.lose_deal(deal, actor=ADMIN, reason="Price", occurred_at=at + timedelta(days=2))
     finally:
         app.close()
-    monkeypatch.setenv("DATABASE_URL", backend.url)
-    monkeypatch.setenv("DEALTRAIL_DB_SCHEMA", backend.schema)
-    monkeypatch.setenv("DEALTRAIL_DATA_DIR", str(tmp_path / "data"))
+    backend.point_cli_at(monkeypatch, tmp_path / "data")
     return str(pid)
 
 

@@ -103,9 +103,7 @@ def env_for(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[UseBack
     """Point the command line's settings (read from the environment) at a backend."""
 
     def apply(backend: Backend) -> None:
-        monkeypatch.setenv("DATABASE_URL", backend.url)
-        monkeypatch.setenv("DEALTRAIL_DB_SCHEMA", backend.schema)
-        monkeypatch.setenv("DEALTRAIL_DATA_DIR", str(tmp_path / "data"))
+        backend.point_cli_at(monkeypatch, tmp_path / "data")
         monkeypatch.setenv("DEALTRAIL_API_KEYS", "")
 
     yield apply

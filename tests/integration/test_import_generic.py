@@ -150,9 +150,7 @@ def test_the_command_line_import_reports_bad_rows_on_stderr_and_exits_with_1(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("DATABASE_URL", backend.url)
-    monkeypatch.setenv("DEALTRAIL_DB_SCHEMA", backend.schema)
-    monkeypatch.setenv("DEALTRAIL_DATA_DIR", str(tmp_path / "data"))
+    backend.point_cli_at(monkeypatch, tmp_path / "data")
     path = tmp_path / "deals.csv"
     path.write_text(HEADER + GOOD + BAD.splitlines(keepends=True)[0])
 
