@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.application.app import Clock, DealtrailApplication, utc_now
+from libs.application.failures import is_unavailable
 from libs.application.sql import ensure_schema, make_engine, setup_lock
 from services.pipeline_api.auth import KeyRing, build_keyring
 from services.pipeline_api.breaker import StoreBreaker
@@ -106,7 +107,14 @@ async def bootstrap(settings: Settings, clock: Clock = utc_now) -> Services:
 
 def start_embedded_worker(services: Services, worker: Worker) -> None:
     """Run the projection worker inside this process, woken by every local command."""
-    worker.on_error = lambda _exc: services.breaker.trip()
+
+    def on_error(exc: BaseException) -> None:
+        # Only an outage concerns the API's breaker; anything else the worker logs and
+        # retries (an event a projection cannot apply is parked and never gets here).
+        if is_unavailable(exc):
+            services.breaker.trip()
+
+    worker.on_error = on_error
     task = asyncio.create_task(worker.run(), name="projection-worker")
     services.worker = worker
     services.app.on_saved.append(lambda _position: worker.poke())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -33,10 +34,44 @@ from services.pipeline_api.routers import (
     reports,
 )
 from services.pipeline_api.settings import Settings
+from services.projections.runner import EventSource, projection_status
 
 log = logging.getLogger("dealtrail")
 
 Bootstrap = Callable[[Settings], Awaitable[Services]]
+
+HEALTH_BEHIND_LIMIT = 10_000  # /health counts at most this many events behind a projection
+HEALTH_PROJECTIONS_SECONDS = 2.0  # and gives up on the projections part after this long
+
+
+async def _projections_health(services: Services, head: int) -> dict[str, Any]:
+    """``projections``: per projection its position, events behind (counted) and parked
+    events. Bounded in time and never fatal: without it /health still answers about the
+    store, with ``projections`` null and ``projections_error`` saying why."""
+    try:
+        rows = await asyncio.wait_for(
+            projection_status(
+                services.engine,
+                EventSource(services.app),
+                behind_limit=HEALTH_BEHIND_LIMIT,
+                head=head,
+            ),
+            timeout=HEALTH_PROJECTIONS_SECONDS,
+        )
+    except Exception as exc:  # noqa: BLE001 - the store's answer stands without this part
+        log.warning("health: projection status unavailable: %r", exc)
+        return {"projections": None, "projections_error": type(exc).__name__}
+    projections = {
+        r["name"]: {
+            "generation": r["generation"],
+            "position": r["position"],
+            "events_behind": r["behind"],
+            "events_behind_exact": r["behind_exact"],
+            "parked": r["parked"],
+        }
+        for r in rows
+    }
+    return {"projections": projections}
 
 
 def create_app(settings: Settings | None = None, *, wire: Bootstrap | None = None) -> FastAPI:
@@ -85,7 +120,8 @@ def create_app(settings: Settings | None = None, *, wire: Bootstrap | None = Non
         responses={503: {"model": ErrorResponse, "description": "The database is unreachable"}},
     )
     async def health(services: ServicesDep) -> Any:
-        """Reports whether the event store is reachable (no auth)."""
+        """Reports whether the event store is reachable, and each projection's events behind
+        and parked events (no auth)."""
         try:
             if not await services.breaker.reachable():
                 raise ConnectionError("database refuses connections")
@@ -95,7 +131,8 @@ def create_app(settings: Settings | None = None, *, wire: Bootstrap | None = Non
             return error_response(
                 503, "database_unavailable", f"event store unreachable: {type(exc).__name__}"
             )
-        return JSONResponse({"status": "ok", "store": "reachable", "position": head})
+        body = {"status": "ok", "store": "reachable", "position": head}
+        return JSONResponse({**body, **await _projections_health(services, head)})
 
     # Each one added wraps the ones before: the size limit guards everything, then the
     # body's type and syntax are checked, then idempotency wraps the routes.

@@ -32,6 +32,7 @@ from sqlalchemy import (
     Numeric,
     String,
     Table,
+    Text,
     TypeDecorator,
     bindparam,
     insert,
@@ -103,6 +104,21 @@ projection_state = Table(
     Column("skipped", Integer, nullable=False, server_default="0"),
     Column("building_generation", Integer, nullable=True),
     Column("updated_at", UtcDateTime(), nullable=True),
+)
+# Events a projection could not apply (see ``parking``): written in the transaction that
+# moves the projection past them, per generation of its tables.
+projection_parked = Table(
+    "projection_parked",
+    state_metadata,
+    Column("name", String(64), primary_key=True),
+    Column("generation", Integer, primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("event_type", String(200), nullable=False),
+    Column("aggregate_id", String(36), nullable=False),
+    Column("error", Text, nullable=False),
+    Column("traceback", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("parked_at", UtcDateTime(), nullable=False),
 )
 
 
@@ -187,9 +203,18 @@ async def each_projection(
 ) -> list[_R]:
     """``work(item)`` for every item: side by side on PostgreSQL (each call writes through
     its own connection, so their waits overlap), one after another on SQLite, which has
-    one writer at a time. Results in the order of ``items``."""
+    one writer at a time. Results in the order of ``items``.
+
+    When a call fails, the others still finish (none is left running behind the caller's
+    back) and then the first failure is raised.
+    """
     if engine.dialect.name == "postgresql":
-        return list(await asyncio.gather(*(work(item) for item in items)))
+        results: list[_R] = []
+        for result in await asyncio.gather(*(work(i) for i in items), return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
+            results.append(result)
+        return results
     return [await work(item) for item in items]
 
 

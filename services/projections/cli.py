@@ -1,4 +1,4 @@
-"""``dealtrail projections run|status|rebuild``: operate the read models."""
+"""``dealtrail projections run|status|rebuild|parked|retry``: operate the read models."""
 
 from __future__ import annotations
 
@@ -19,6 +19,14 @@ from libs.application.sql import ensure_schema, make_engine, setup_lock
 from services.audit.checkpoints import Checkpointer
 from services.pipeline_api.settings import Settings
 from services.progress import Progress
+from services.projections.base import create_state_table
+from services.projections.parking import (
+    Parked,
+    RetryResult,
+    list_parked,
+    parked_counts,
+    retry_parked,
+)
 from services.projections.rebuild import (
     REBUILD_BATCH_SIZE,
     RebuildInProgress,
@@ -29,9 +37,12 @@ from services.projections.runner import (
     EventSource,
     Worker,
     all_projections,
+    ensure_projection,
     projection_status,
     projections_named,
 )
+
+PARKED_LIST_LIMIT = 100  # parked events listed by default
 
 
 @dataclass
@@ -93,6 +104,7 @@ async def _run(settings: Settings, names: list[str], batch_size: int) -> int:
 
 async def _status(settings: Settings) -> list[dict[str, Any]]:
     async with open_stores(settings) as stores:
+        await create_state_table(stores.engine)
         return await projection_status(stores.engine, stores.source)
 
 
@@ -118,12 +130,68 @@ async def _rebuild(settings: Settings, names: list[str], batch_size: int, force:
                 batch_size=batch_size,
                 force=force,
             )
+        async with stores.engine.connect() as conn:
+            parked = await parked_counts(conn)
         for name, generation in generations.items():
-            print(f"{name}: now serving generation {generation}", flush=True)
+            print(f"{name}: now serving generation {generation}{_parked_note(name, parked)}")
         dropped = await drop_old_generations(stores.engine, projections)
         if dropped:
             print(f"dropped the previous tables: {', '.join(dropped)}")
     return 0
+
+
+def _parked_note(name: str, parked: dict[str, int]) -> str:
+    count = parked.get(name, 0)
+    if not count:
+        return ""
+    events = "event" if count == 1 else "events"
+    return f"; {count} {events} parked (dealtrail projections parked {name})"
+
+
+async def _parked(settings: Settings, names: list[str], limit: int) -> tuple[list[Parked], int]:
+    async with open_stores(settings) as stores:
+        await create_state_table(stores.engine)
+        async with stores.engine.connect() as conn:
+            shown = await list_parked(conn, names or None, limit=limit)
+            counts = await parked_counts(conn)
+    return shown, sum(n for name, n in counts.items() if not names or name in names)
+
+
+async def _retry(settings: Settings, name: str, position: int | None) -> RetryResult:
+    (projection,) = projections_named([name])
+    async with open_stores(settings) as stores:
+        await create_state_table(stores.engine)
+        await ensure_projection(stores.engine, projection)
+        with Progress(None, label=f"retry {name}", unit="events") as bar:
+
+            def report(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.done)
+
+            return await retry_parked(
+                stores.engine, stores.source, projection, position=position, progress=report
+            )
+
+
+def _known(names: list[str]) -> str | None:
+    """None when every name is a projection, else the message saying which are not."""
+    try:
+        projections_named(names)
+    except KeyError as exc:
+        return f"dealtrail: {exc.args[0]}"
+    return None
+
+
+def _print_parked(parked: Parked, *, with_traceback: bool = False) -> None:
+    attempts = "1 attempt" if parked.attempts == 1 else f"{parked.attempts} attempts"
+    print(
+        f"{parked.name:<18} {parked.position:>10}  {parked.event_type:<20} "
+        f"{parked.aggregate_id}  {parked.parked_at.isoformat(timespec='seconds')}  ({attempts})"
+    )
+    print(f"    {parked.error}")
+    if with_traceback:
+        for line in parked.traceback.rstrip().splitlines():
+            print(f"      {line}")
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -134,21 +202,64 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     rows = asyncio.run(_status(settings))
     print(
         f"{'projection':<18} {'generation':>10} {'position':>10} {'head':>10} "
-        f"{'lag':>8} {'skipped':>8}"
+        f"{'behind':>8} {'parked':>7} {'skipped':>8}"
     )
     for r in rows:
         building = f"  (rebuilding into generation {r['rebuilding']})" if r["rebuilding"] else ""
+        behind = f"{r['behind']}" if r["behind_exact"] else f"{r['behind']}+"
         print(
             f"{r['name']:<18} {r['generation'] or '-':>10} {r['position']:>10} {r['head']:>10} "
-            f"{r['lag']:>8} {r['skipped']:>8}{building}"
+            f"{behind:>8} {r['parked']:>7} {r['skipped']:>8}{building}"
         )
     return 0
+
+
+def _cmd_parked(args: argparse.Namespace, settings: Settings) -> int:
+    problem = _known(args.names)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    shown, total = asyncio.run(_parked(settings, args.names, args.limit))
+    if not shown:
+        print("no parked events")
+        return 0
+    print(f"{'projection':<18} {'position':>10}  {'event type':<20} {'aggregate':<36}  parked at")
+    for parked in shown:
+        _print_parked(parked, with_traceback=args.traceback)
+    more = f" ({total - len(shown)} more not shown; --limit)" if total > len(shown) else ""
+    print(f"{total} parked {'event' if total == 1 else 'events'}{more}")
+    return 0
+
+
+def _cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    problem = _known([args.name])
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    result = asyncio.run(_retry(settings, args.name, args.position))
+    if args.position is not None and not (result.applied or result.failed or result.missing):
+        print(f"dealtrail: {args.name} has no parked event at position {args.position}")
+        return 1
+    applied = ", ".join(str(p) for p in result.applied) or "none"
+    print(f"{args.name}: {len(result.applied)} applied (positions {applied})")
+    if result.failed:
+        print(f"{len(result.failed)} still failing, kept parked with the new error:")
+        for parked in result.failed:
+            _print_parked(parked)
+    if result.missing:
+        missing = ", ".join(str(p) for p in result.missing)
+        print(f"not found in the event log, kept parked: positions {missing}")
+    return 1 if result.failed or result.missing else 0
 
 
 def _cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     names = [] if args.all else args.names
     if not names and not args.all:
         print("name at least one projection, or --all", file=sys.stderr)
+        return 2
+    problem = _known(names)
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
     try:
         return asyncio.run(_rebuild(settings, names, args.batch_size, args.force))
@@ -168,8 +279,23 @@ def register(commands: Any) -> None:
     run.add_argument("--batch-size", type=int, default=500)
     run.set_defaults(handler=_cmd_run)
 
-    status = sub.add_parser("status", help="position, head and lag per projection")
+    status = sub.add_parser(
+        "status", help="position, head, events behind, parked and skipped per projection"
+    )
     status.set_defaults(handler=_cmd_status)
+
+    parked = sub.add_parser("parked", help="list events the projections could not apply")
+    parked.add_argument("names", nargs="*", help=f"projections to list (default all: {known})")
+    parked.add_argument(
+        "--limit", type=int, default=PARKED_LIST_LIMIT, help="list at most this many"
+    )
+    parked.add_argument("--traceback", action="store_true", help="show each short traceback")
+    parked.set_defaults(handler=_cmd_parked)
+
+    retry = sub.add_parser("retry", help="apply a projection's parked events again")
+    retry.add_argument("name", help=f"the projection ({known})")
+    retry.add_argument("--position", type=int, help="only the parked event at this position")
+    retry.set_defaults(handler=_cmd_retry)
 
     rb = sub.add_parser("rebuild", help="replay from position 0 into fresh tables, then switch")
     rb.add_argument("names", nargs="*", help=f"projections to rebuild ({known})")

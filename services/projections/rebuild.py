@@ -4,7 +4,9 @@ The rebuild fills a new generation of tables while the active generation keeps s
 (and the worker keeps updating it). When it has caught up, it takes each projection's
 state-row lock, applies whatever arrived meanwhile, and points the state row at the new
 generation, all in one transaction: queries see either the old tables or the complete
-new ones, never a half-built state. The old generation is dropped after a grace period
+new ones, never a half-built state. Events a projection cannot apply are parked for the
+new generation as the worker parks them (``parking``); at the switch they replace the old
+generation's parked events. The old generation is dropped after a grace period
 that lets queries already running on it finish.
 """
 
@@ -28,6 +30,7 @@ from services.projections.base import (
     projection_state,
     read_states,
 )
+from services.projections.parking import apply_or_park, forget_parked
 from services.projections.runner import EventSource, ensure_projection, unknown_count
 
 log = logging.getLogger("dealtrail.projections")
@@ -62,6 +65,7 @@ async def _claim(engine: AsyncEngine, projection: Projection, force: bool) -> Bu
             )
         generation = max(state.generation, state.building_generation or 0) + 1
         await projection.drop_generations(conn, keep={state.generation})
+        await forget_parked(conn, projection.name, keep={state.generation})
         # Secondary indexes come after the replay (see _finish_tables): built once from
         # the filled tables, they cost far less than being kept up to date row by row.
         await projection.create_tables(conn, generation, indexes=False)
@@ -82,7 +86,13 @@ async def _apply(engine: AsyncEngine, build: Build, records: Sequence[EventRecor
             # The replay keeps its progress in memory only (a rebuild that dies starts
             # over), so its commits need not wait for the disk; the switch still does.
             await conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
-        await build.projection.apply(conn, build.projection.tables(build.generation), todo)
+        else:
+            # SQLite: take the write lock before the batch's reads, as the worker's first
+            # statement does. The batch's SAVEPOINT would otherwise open a deferred
+            # transaction that reads first and then cannot upgrade to write (SQLITE_BUSY at
+            # once, no waiting) when another writer committed in between.
+            await conn.exec_driver_sql("BEGIN IMMEDIATE")
+        await apply_or_park(conn, build.projection, build.generation, todo)
     build.position = todo[-1].position
     build.skipped += unknown_count(build.projection, todo)
 
@@ -110,9 +120,11 @@ async def _switch(engine: AsyncEngine, source: EventSource, build: Build, batch:
             todo = [r for r in records if r.position > build.position]
             if not todo:
                 break
-            await projection.apply(conn, projection.tables(build.generation), todo)
+            await apply_or_park(conn, projection, build.generation, todo)
             build.position = todo[-1].position
             build.skipped += unknown_count(projection, todo)
+        # From now on the new generation's parked events are the ones that count.
+        await forget_parked(conn, projection.name, keep={build.generation})
         await conn.execute(
             update(projection_state)
             .where(projection_state.c.name == projection.name)

@@ -16,10 +16,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from libs.application.app import DealtrailApplication
+from libs.application.failures import is_unavailable
 from libs.application.records import EventRecord, decode
 from libs.application.sql import advisory_key, connect_raw
 from libs.application.store import StoreLocation
@@ -35,11 +36,13 @@ from services.projections.base import (
     read_states,
 )
 from services.projections.current_pipeline import CurrentPipeline
+from services.projections.parking import apply_or_park, parked_counts, undecodable
 from services.projections.stage_durations import StageDurations
 
 log = logging.getLogger("dealtrail.projections")
 
 DEFAULT_BATCH_SIZE = 500
+STATUS_BEHIND_LIMIT = 1_000_000  # events counted behind a projection, at most
 POLL_SECONDS = 0.2
 LOCK_RETRY_SECONDS = 1.0
 
@@ -67,7 +70,13 @@ class EventSource:
         notifications = self.app.recorder.select_notifications(
             after + 1, limit, stop=stop, inclusive_of_start=True
         )
-        return [decode(self.app.mapper, n) for n in notifications]
+        records = []
+        for notification in notifications:
+            try:
+                records.append(decode(self.app.mapper, notification))
+            except Exception as exc:  # noqa: BLE001 - a poison event, parked where it is read
+                records.append(undecodable(notification, exc))
+        return records
 
     def head(self) -> int:
         return self.app.head_position()
@@ -75,6 +84,23 @@ class EventSource:
     @property
     def channel(self) -> str | None:
         return getattr(self.app.recorder, "channel_name", None)
+
+    async def count_after(self, conn: AsyncConnection, position: int, limit: int) -> int:
+        """How many stored events come after ``position``, counted up to ``limit``.
+
+        Counted, not ``head - position``: PostgreSQL positions can have gaps (an insert
+        that is rolled back has used its sequence values). The read side's connection
+        reads the store's table directly; the count stops at ``limit`` rows of its index.
+        """
+        events_table: str = getattr(self.app.recorder, "events_table_name", "stored_events")
+        column = "notification_id" if conn.dialect.name == "postgresql" else "rowid"
+        table = conn.dialect.identifier_preparer.quote(events_table)
+        query = text(
+            f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {column} > :position "
+            f"LIMIT :limit) AS after"
+        )
+        count = (await conn.execute(query, {"position": position, "limit": limit})).scalar()
+        return int(count or 0)
 
 
 def unknown_count(projection: Projection, records: Sequence[EventRecord]) -> int:
@@ -105,14 +131,15 @@ async def apply_batch(
 ) -> int:
     """Apply the part of ``records`` after the projection's position; return new position.
 
-    The state row is locked first, so two workers never apply the same events twice.
+    The state row is locked first, so two workers never apply the same events twice. An
+    event the projection cannot apply is parked in the same transaction (``parking``).
     """
     async with engine.begin() as conn:
         state = await lock_state(conn, projection.name)
         todo = [r for r in records if r.position > state.position]
         if not todo:
             return state.position
-        await projection.apply(conn, projection.tables(state.generation), todo)
+        await apply_or_park(conn, projection, state.generation, todo)
         new_position = todo[-1].position
         await conn.execute(
             update(projection_state)
@@ -181,8 +208,11 @@ class Worker:
                     progressed = await self.step(active) if active else 0
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # noqa: BLE001 - a worker must outlive outages
-                    log.warning("projection worker: %s; retrying", exc)
+                except Exception as exc:  # a worker outlives outages and its own failures
+                    if is_unavailable(exc):
+                        log.warning("projection worker: %s; retrying", exc)
+                    else:
+                        log.exception("projection worker failed; retrying", exc_info=exc)
                     if self.on_error is not None:
                         self.on_error(exc)
                     await self._drop_lock_connection()
@@ -255,23 +285,40 @@ class Worker:
                 await asyncio.wait_for(conn.close(), timeout=2)
 
 
-async def projection_status(engine: AsyncEngine, source: EventSource) -> list[dict[str, Any]]:
-    """Per projection: generation, position, head of the log, lag and skipped events."""
-    await create_state_table(engine)
-    head = await asyncio.to_thread(source.head)
+async def projection_status(
+    engine: AsyncEngine,
+    source: EventSource,
+    *,
+    behind_limit: int = STATUS_BEHIND_LIMIT,
+    head: int | None = None,
+) -> list[dict[str, Any]]:
+    """Per projection: generation, position, head of the log, events behind, parked and
+    skipped events. ``behind`` is counted up to ``behind_limit`` (``behind_exact`` says
+    whether the count stopped there)."""
+    if head is None:
+        head = await asyncio.to_thread(source.head)
     async with engine.connect() as conn:
         states = await read_states(conn)
+        parked = await parked_counts(conn)
+        positions = {
+            p.name: states[p.name].position if p.name in states else 0 for p in all_projections()
+        }
+        behind = {
+            position: await source.count_after(conn, position, behind_limit)
+            for position in sorted(set(positions.values()))
+        }
     out = []
-    for projection in all_projections():
-        state = states.get(projection.name)
-        position = state.position if state else 0
+    for name, position in positions.items():
+        state = states.get(name)
         out.append(
             {
-                "name": projection.name,
+                "name": name,
                 "generation": state.generation if state else None,
                 "position": position,
                 "head": head,
-                "lag": head - position,
+                "behind": behind[position],
+                "behind_exact": behind[position] < behind_limit,
+                "parked": parked.get(name, 0),
                 "skipped": state.skipped if state else 0,
                 "rebuilding": state.building_generation if state else None,
             }
