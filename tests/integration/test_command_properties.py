@@ -28,10 +28,11 @@ from libs.application.app import DealtrailApplication
 from libs.domain.actors import Actor, Role
 from libs.domain.errors import DomainError
 from libs.domain.pipeline import default_template
+from services.projections.parking import list_parked
 from services.projections.rebuild import rebuild
 from services.projections.runner import EventSource, all_projections
 from tests.conftest import PG_URL, Backend, TestClock, need_postgres
-from tests.integration.test_read_models import close_stores, open_stores, states
+from tests.integration.test_read_models import Stores, close_stores, open_stores, states
 from tests.integration.test_rebuild import assert_same_tables, snapshot
 
 START = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -336,11 +337,18 @@ async def check_history(backend: Backend, history: list[tuple[int, int, tuple[An
             await stores.worker.catch_up()
             head = stores.head()
             assert {s.position for s in (await states(stores.engine)).values()} == {head}
+            assert await parked_events(stores) == []  # applied, not merely parked
             incremental = await snapshot(stores.engine)
             await rebuild(stores.engine, EventSource(app), all_projections(), batch_size=7)
             assert_same_tables(await snapshot(stores.engine), incremental)
+            assert await parked_events(stores) == []
         finally:
             await close_stores(stores)
+
+
+async def parked_events(stores: Stores) -> list[tuple[str, int, str, str]]:
+    async with stores.engine.connect() as conn:
+        return [(p.name, p.position, p.event_type, p.error) for p in await list_parked(conn)]
 
 
 @pytest.mark.parametrize("backend_name", ["sqlite", "postgres"])
