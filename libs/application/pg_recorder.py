@@ -1,10 +1,11 @@
 """The PostgreSQL event store's insert: one round trip, the same ordering, the hash chain.
 
-The library's recorder keeps the log gap-free by taking the events table's ``EXCLUSIVE``
-lock in every insert transaction: BEGIN, LOCK, NOTIFY and INSERT go out in one pipeline,
-then the client reads the result and sends COMMIT. The lock is therefore held across a
-client round trip, and while the Python process is busy (the API serving other requests)
-every other writer queues behind it.
+The library's recorder keeps commit order equal to position order (no position is filled
+in after a later one is visible; positions themselves can skip values) by taking the
+events table's ``EXCLUSIVE`` lock in every insert transaction: BEGIN, LOCK, NOTIFY and
+INSERT go out in one pipeline, then the client reads the result and sends COMMIT. The
+lock is therefore held across a client round trip, and while the Python process is busy
+(the API serving other requests) every other writer queues behind it.
 
 This recorder does the same four steps inside one server-side function called in
 autocommit mode: the statement's implicit transaction takes the lock, notifies, inserts
