@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
-from services.pipeline_api.settings import Settings
+from services.runtime.settings import Settings
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -18,8 +18,8 @@ Handler = Callable[[argparse.Namespace, Settings], int]
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from services.pipeline_api.auth import build_keyring
     from services.pipeline_api.main import create_app
+    from services.runtime.keys import build_keyring
 
     workers: int = args.workers
     if workers < 1:

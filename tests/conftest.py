@@ -14,9 +14,9 @@ import httpx
 import psycopg
 import pytest
 
-from services.pipeline_api.bootstrap import bootstrap
 from services.pipeline_api.main import create_app
-from services.pipeline_api.settings import Settings
+from services.runtime.bootstrap import bootstrap
+from services.runtime.settings import Settings
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 PG_URL = os.environ.get("TEST_DATABASE_URL", DEFAULT_PG_URL)

@@ -19,8 +19,8 @@ from libs.application.integrity import (
     verify_store,
 )
 from libs.chain_verifier import describe, load_public_key, verify_export
-from services.pipeline_api.settings import Settings
 from services.progress import Progress
+from services.runtime.settings import Settings
 
 
 def _position(text: str) -> int:
@@ -39,7 +39,7 @@ def trusted_keys(settings: Settings, given: list[str]) -> list[bytes]:
 
 
 def _seal(args: argparse.Namespace, settings: Settings) -> int:
-    from services.pipeline_api.bootstrap import open_application
+    from services.runtime.bootstrap import open_application
 
     app = open_application(settings)
     try:
@@ -61,7 +61,7 @@ def _seal(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _verify(args: argparse.Namespace, settings: Settings) -> int:
-    from services.pipeline_api.bootstrap import open_application
+    from services.runtime.bootstrap import open_application
 
     try:
         trusted = trusted_keys(settings, args.public_key)
@@ -130,7 +130,7 @@ def _verify_export(args: argparse.Namespace, settings: Settings) -> int:
 
 def _checkpoint(args: argparse.Namespace, settings: Settings) -> int:
     from libs.application.app import utc_now
-    from services.pipeline_api.bootstrap import open_application
+    from services.runtime.bootstrap import open_application
 
     app = open_application(settings)
     try:

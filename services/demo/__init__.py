@@ -9,9 +9,9 @@ from datetime import UTC, date, datetime
 from libs.application.importing import DEFAULT_BATCH_SIZE
 from services.demo.generator import DEFAULT_MONTHS, DemoError, generate
 from services.importer.common import positive_int
-from services.pipeline_api.bootstrap import open_application
-from services.pipeline_api.settings import Settings
 from services.progress import Progress
+from services.runtime.bootstrap import open_application
+from services.runtime.settings import Settings
 
 
 def _count(text: str) -> int:

@@ -20,10 +20,10 @@ from libs.application.records import decode, split_topic
 from services.demo.generator import DemoError, generate
 from services.importer import crm
 from services.importer.common import print_report
-from services.pipeline_api.auth import load_or_create_admin_token
-from services.pipeline_api.bootstrap import open_application
-from services.pipeline_api.settings import Settings
 from services.progress import Progress
+from services.runtime.bootstrap import open_application
+from services.runtime.keys import load_or_create_admin_token
+from services.runtime.settings import Settings
 
 DEFAULT_DEALS = 2000
 DEFAULT_SEED = 42

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import TextIO
 
 from services.exporter.events import export_bounds, export_to_path, write_events
-from services.pipeline_api.bootstrap import open_application
-from services.pipeline_api.settings import Settings
 from services.progress import Progress
+from services.runtime.bootstrap import open_application
+from services.runtime.settings import Settings
 
 
 def _position(text: str) -> int:

@@ -24,9 +24,9 @@ from libs.application.importing import (
 from libs.domain.actors import Actor, Role
 from libs.domain.errors import InvalidInput
 from libs.domain.times import to_utc
-from services.pipeline_api.bootstrap import open_application
-from services.pipeline_api.settings import Settings
 from services.progress import Progress
+from services.runtime.bootstrap import open_application
+from services.runtime.settings import Settings
 
 # Exit codes of the import commands.
 EXIT_OK, EXIT_REJECTED, EXIT_ABORTED = 0, 1, 2

@@ -50,7 +50,7 @@ from services.importer.common import (
     read_csv_file,
     run_cli_import,
 )
-from services.pipeline_api.settings import Settings
+from services.runtime.settings import Settings
 
 PIPELINE_NAME = "CRM opportunities"
 CURRENCY = "USD"

@@ -31,8 +31,8 @@ from libs.chain_verifier import (
     read_export,
     verify_export,
 )
-from services.pipeline_api.settings import Settings
 from services.progress import Progress
+from services.runtime.settings import Settings
 
 RESTORE_BATCH = 5000
 
@@ -135,7 +135,7 @@ async def _rebuild_read_models(settings: Settings, app: DealtrailApplication, qu
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from services.pipeline_api.bootstrap import open_application
+    from services.runtime.bootstrap import open_application
 
     try:
         trusted = [load_public_key(k) for k in args.public_key]

@@ -51,7 +51,7 @@ from services.importer.common import (
     read_csv_text,
     run_cli_import,
 )
-from services.pipeline_api.settings import Settings
+from services.runtime.settings import Settings
 
 COLUMNS = (
     "external_id",

@@ -9,8 +9,8 @@ from fastapi import Depends, Header, Request
 
 from libs.application.app import DealtrailApplication
 from libs.domain.actors import Actor
-from services.pipeline_api.bootstrap import Services
 from services.pipeline_api.errors import ApiError
+from services.runtime.bootstrap import Services
 
 _ETAG_RE = re.compile(r'^\s*(?:W/)?"?(\d{1,12})"?\s*$')
 

@@ -12,7 +12,6 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from services.pipeline_api.bootstrap import Services, bootstrap
 from services.pipeline_api.deps import ServicesDep
 from services.pipeline_api.errors import ErrorResponse, error_response, install_error_handlers
 from services.pipeline_api.idempotency import (
@@ -33,8 +32,9 @@ from services.pipeline_api.routers import (
     pipelines,
     reports,
 )
-from services.pipeline_api.settings import Settings
 from services.projections.runner import EventSource, projection_status
+from services.runtime.bootstrap import Services, bootstrap
+from services.runtime.settings import Settings
 
 log = logging.getLogger("dealtrail")
 

@@ -17,7 +17,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from libs.application.app import DealtrailApplication
 from libs.application.sql import ensure_schema, make_engine, setup_lock
 from services.audit.checkpoints import Checkpointer
-from services.pipeline_api.settings import Settings
 from services.progress import Progress
 from services.projections.base import create_state_table
 from services.projections.parking import (
@@ -41,6 +40,7 @@ from services.projections.runner import (
     projection_status,
     projections_named,
 )
+from services.runtime.settings import Settings
 
 PARKED_LIST_LIMIT = 100  # parked events listed by default
 
@@ -54,7 +54,7 @@ class Stores:
 
 @asynccontextmanager
 async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
-    from services.pipeline_api.bootstrap import open_application
+    from services.runtime.bootstrap import open_application
 
     async with setup_lock(settings.store):  # start-up DDL, one process at a time
         app = await asyncio.to_thread(open_application, settings)

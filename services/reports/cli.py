@@ -14,10 +14,10 @@ from uuid import UUID
 from libs.application.app import utc_now
 from libs.domain.errors import InvalidInput
 from libs.domain.times import parse_moment
-from services.pipeline_api.settings import Settings
 from services.projections.reading import ReadModels
 from services.reports import ReportContext, ReportError, ReportParams
 from services.reports.sales import REPORTS
+from services.runtime.settings import Settings
 
 
 def _moment(text: str) -> datetime:

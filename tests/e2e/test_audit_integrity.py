@@ -10,7 +10,7 @@ import pytest
 
 from libs.application.integrity import Signer
 from libs.chain_verifier import load_public_key, verify_export
-from services.pipeline_api.settings import Settings
+from services.runtime.settings import Settings
 from tests.conftest import Backend, auth
 from tests.e2e.test_concurrency import head, new_deal
 from tests.integration.test_audit_chain import Raw

@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from services.pipeline_api.settings import Settings
+from services.runtime.settings import Settings
 from tests.conftest import TestClock, auth, client_for
 
 

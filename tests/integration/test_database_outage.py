@@ -11,8 +11,8 @@ import httpx
 import psycopg
 import pytest
 
-from services.pipeline_api.bootstrap import bootstrap
 from services.pipeline_api.main import create_app
+from services.runtime.bootstrap import bootstrap
 from tests.conftest import API_KEYS, PG_URL, TestClock, auth, need_postgres
 
 
@@ -44,7 +44,7 @@ def set_outage(url: str, down: bool) -> None:
 async def test_commands_and_queries_get_503_while_the_database_is_down_and_work_again_after(
     outage_db: str, tmp_path: Path
 ) -> None:
-    from services.pipeline_api.settings import Settings
+    from services.runtime.settings import Settings
 
     settings = Settings(
         DATABASE_URL=outage_db,  # type: ignore[call-arg]
@@ -116,7 +116,7 @@ async def test_commands_and_queries_get_503_while_the_database_is_down_and_work_
 async def test_requests_arriving_during_a_probe_share_it(outage_db: str) -> None:
     """While tripped, concurrent requests wait for one probe instead of each opening one."""
     from libs.application.store import StoreLocation
-    from services.pipeline_api.breaker import StoreBreaker
+    from services.runtime.breaker import StoreBreaker
 
     breaker = StoreBreaker(StoreLocation.parse(outage_db))
     breaker.trip()

@@ -24,11 +24,11 @@ from libs.application.app import CommandResult, DealtrailApplication
 from libs.application.sql import ensure_schema, make_engine
 from libs.domain.actors import Actor, Role
 from libs.domain.pipeline import default_template
-from services.pipeline_api.bootstrap import open_application
-from services.pipeline_api.settings import Settings
 from services.projections import audit_history, current_pipeline, stage_durations
 from services.projections.base import Projection, State, read_states
 from services.projections.runner import EventSource, Worker, all_projections
+from services.runtime.bootstrap import open_application
+from services.runtime.settings import Settings
 from tests.conftest import Backend, TestClock
 
 ANN = Actor("ann", Role.ADMIN)

@@ -119,7 +119,7 @@ async def test_processes_starting_at_once_on_a_fresh_schema_all_come_up(
     postgres: Backend, tmp_path: Path
 ) -> None:
     """Start-up DDL is serialised: six simultaneous starts on an empty schema all succeed."""
-    from services.pipeline_api.bootstrap import bootstrap
+    from services.runtime.bootstrap import bootstrap
 
     settings = postgres.settings(tmp_path / "data", DEALTRAIL_EMBEDDED_WORKER=False)
     started = await asyncio.gather(*(bootstrap(settings) for _ in range(6)), return_exceptions=True)

@@ -13,13 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from libs.application.app import Clock, DealtrailApplication, utc_now
 from libs.application.failures import is_unavailable
 from libs.application.sql import ensure_schema, make_engine, setup_lock
-from services.pipeline_api.auth import KeyRing, build_keyring
-from services.pipeline_api.breaker import StoreBreaker
 from services.pipeline_api.idempotency_store import IdempotencyStore
 from services.pipeline_api.query_cache import QueryCache
-from services.pipeline_api.settings import Settings
 from services.projections.reading import ReadModels
 from services.projections.runner import EventSource, Worker
+from services.runtime.breaker import StoreBreaker
+from services.runtime.keys import KeyRing, build_keyring
+from services.runtime.settings import Settings
 
 log = logging.getLogger("dealtrail")
 

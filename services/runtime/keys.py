@@ -8,7 +8,7 @@ import secrets
 from pathlib import Path
 
 from libs.domain.actors import Actor, Role
-from services.pipeline_api.settings import Settings, parse_api_keys
+from services.runtime.settings import Settings, parse_api_keys
 
 GENERATED_ADMIN = "admin"
 
