@@ -21,8 +21,8 @@ import psycopg
 
 from libs.application.integrity import chain_of, verify_store
 from services.demo.generator import generate
-from services.runtime.bootstrap import open_application
 from services.runtime.settings import Settings
+from services.runtime.stores import open_application
 
 PG_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 TARGET = 100_000

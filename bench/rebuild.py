@@ -45,8 +45,8 @@ SUMMARY = re.compile(r"([\d,]+) events in ([\d.]+)s")
 
 
 def open_app(db: Database) -> Any:
-    from services.runtime.bootstrap import open_application
     from services.runtime.settings import Settings
+    from services.runtime.stores import open_application
 
     settings = Settings(  # type: ignore[call-arg]
         DATABASE_URL=db.url,

@@ -39,7 +39,7 @@ def trusted_keys(settings: Settings, given: list[str]) -> list[bytes]:
 
 
 def _seal(args: argparse.Namespace, settings: Settings) -> int:
-    from services.runtime.bootstrap import open_application
+    from services.runtime.stores import open_application
 
     app = open_application(settings)
     try:
@@ -61,7 +61,7 @@ def _seal(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _verify(args: argparse.Namespace, settings: Settings) -> int:
-    from services.runtime.bootstrap import open_application
+    from services.runtime.stores import open_application
 
     try:
         trusted = trusted_keys(settings, args.public_key)
@@ -130,7 +130,7 @@ def _verify_export(args: argparse.Namespace, settings: Settings) -> int:
 
 def _checkpoint(args: argparse.Namespace, settings: Settings) -> int:
     from libs.application.app import utc_now
-    from services.runtime.bootstrap import open_application
+    from services.runtime.stores import open_application
 
     app = open_application(settings)
     try:

@@ -10,8 +10,8 @@ from libs.application.importing import DEFAULT_BATCH_SIZE
 from services.demo.generator import DEFAULT_MONTHS, DemoError, generate
 from services.importer.common import positive_int
 from services.progress import Progress
-from services.runtime.bootstrap import open_application
 from services.runtime.settings import Settings
+from services.runtime.stores import open_application
 
 
 def _count(text: str) -> int:

@@ -21,9 +21,9 @@ from services.demo.generator import DemoError, generate
 from services.importer import crm
 from services.importer.common import print_report
 from services.progress import Progress
-from services.runtime.bootstrap import open_application
 from services.runtime.keys import load_or_create_admin_token
 from services.runtime.settings import Settings
+from services.runtime.stores import open_application
 
 DEFAULT_DEALS = 2000
 DEFAULT_SEED = 42

@@ -9,8 +9,8 @@ from typing import TextIO
 
 from services.exporter.events import export_bounds, export_to_path, write_events
 from services.progress import Progress
-from services.runtime.bootstrap import open_application
 from services.runtime.settings import Settings
+from services.runtime.stores import open_application
 
 
 def _position(text: str) -> int:

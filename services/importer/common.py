@@ -25,8 +25,8 @@ from libs.domain.actors import Actor, Role
 from libs.domain.errors import InvalidInput
 from libs.domain.times import to_utc
 from services.progress import Progress
-from services.runtime.bootstrap import open_application
 from services.runtime.settings import Settings
+from services.runtime.stores import open_application
 
 # Exit codes of the import commands.
 EXIT_OK, EXIT_REJECTED, EXIT_ABORTED = 0, 1, 2

@@ -135,7 +135,7 @@ async def _rebuild_read_models(settings: Settings, app: DealtrailApplication, qu
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from services.runtime.bootstrap import open_application
+    from services.runtime.stores import open_application
 
     try:
         trusted = [load_public_key(k) for k in args.public_key]

@@ -1,4 +1,4 @@
-"""Request dependencies: the wired services, the current principal, If-Match."""
+"""Request dependencies: the runtime, the application, the current principal, If-Match."""
 
 from __future__ import annotations
 
@@ -10,45 +10,55 @@ from fastapi import Depends, Header, Request
 from libs.application.app import DealtrailApplication
 from libs.domain.actors import Actor
 from services.pipeline_api.errors import ApiError
-from services.runtime.bootstrap import Services
+from services.pipeline_api.query_cache import QueryCache
+from services.runtime.bootstrap import Runtime
 
 _ETAG_RE = re.compile(r'^\s*(?:W/)?"?(\d{1,12})"?\s*$')
 
 
-async def get_services(request: Request) -> Services:
-    services: Services | None = getattr(request.app.state, "services", None)
-    if services is None:
+async def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    if runtime is None:
         raise ApiError(503, "the service is starting; retry shortly", code="starting")
-    return services
+    return runtime
 
 
-ServicesDep = Annotated[Services, Depends(get_services)]
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-async def reachable_services(services: ServicesDep) -> Services:
-    """The services, after checking the database is back if it was recently down."""
-    if not await services.breaker.reachable():
+async def reachable_runtime(runtime: RuntimeDep) -> Runtime:
+    """The runtime, after checking the database is back if it was recently down."""
+    if not await runtime.breaker.reachable():
         raise ApiError(
             503,
             "the database is unreachable; retry shortly",
             code="database_unavailable",
             headers={"Retry-After": "2"},
         )
-    return services
+    return runtime
 
 
-ReachableServices = Annotated[Services, Depends(reachable_services)]
+ReachableRuntime = Annotated[Runtime, Depends(reachable_runtime)]
 
 
-async def get_application(services: ReachableServices) -> DealtrailApplication:
-    return services.app
+async def get_application(runtime: ReachableRuntime) -> DealtrailApplication:
+    return runtime.application
 
 
 PipelineApp = Annotated[DealtrailApplication, Depends(get_application)]
 
 
+async def get_query_cache(request: Request, _runtime: RuntimeDep) -> QueryCache:
+    """The API's cache of finished board and report answers (see ``query_cache``)."""
+    cache: QueryCache = request.app.state.query_cache
+    return cache
+
+
+QueryCacheDep = Annotated[QueryCache, Depends(get_query_cache)]
+
+
 async def current_principal(
-    services: ServicesDep,
+    runtime: RuntimeDep,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Actor:
     challenge = {"WWW-Authenticate": "Bearer"}
@@ -57,7 +67,7 @@ async def current_principal(
     token = bearer_token(authorization)
     if not token:
         raise ApiError(401, "Authorization must be 'Bearer <token>'", headers=challenge)
-    actor = services.keyring.actor_for(token)
+    actor = runtime.keyring.actor_for(token)
     if actor is None:
         raise ApiError(401, "unknown API token", headers=challenge)
     return actor

@@ -179,9 +179,9 @@ def install_error_handlers(app: FastAPI) -> None:
         if not is_unavailable(exc):
             return await unexpected(request, exc)
         log.warning("database unavailable: %s", exc)
-        services = getattr(request.app.state, "services", None)
-        if services is not None:
-            services.breaker.trip()
+        runtime = getattr(request.app.state, "runtime", None)
+        if runtime is not None:
+            runtime.breaker.trip()
         return error_response(
             503,
             "database_unavailable",

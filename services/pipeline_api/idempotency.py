@@ -27,7 +27,7 @@ from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from libs.application.failures import is_unavailable
-from services.pipeline_api.deps import ServicesDep, bearer_token, current_principal
+from services.pipeline_api.deps import RuntimeDep, bearer_token, current_principal
 from services.pipeline_api.errors import error_response
 from services.pipeline_api.idempotency_store import MAX_KEY_LENGTH, IdempotencyStore
 from services.pipeline_api.limits import BODY_METHODS, read_body, replaying
@@ -75,10 +75,10 @@ def _fingerprint(scope: Scope, headers: dict[str, str], body: bytes) -> str:
 class IdempotencyMiddleware:
     """Fingerprints keyed commands and stores their answer before it is sent."""
 
-    def __init__(self, app: ASGIApp, store_getter: Any, services_getter: Any = None) -> None:
+    def __init__(self, app: ASGIApp, store_getter: Any, runtime_getter: Any = None) -> None:
         self.app = app
         self.store_getter = store_getter
-        self.services_getter = services_getter
+        self.runtime_getter = runtime_getter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
@@ -149,9 +149,9 @@ class IdempotencyMiddleware:
             self._trip()
 
     def _trip(self) -> None:
-        services = self.services_getter() if self.services_getter else None
-        if services is not None:
-            services.breaker.trip()
+        runtime = self.runtime_getter() if self.runtime_getter else None
+        if runtime is not None:
+            runtime.breaker.trip()
 
 
 def _refusal(status: int, code: str, message: str, **headers: str) -> IdempotentAnswer:
@@ -171,7 +171,7 @@ def _replay(row: dict[str, Any]) -> Response:
 
 async def claim_key(
     request: Request,
-    services: ServicesDep,
+    _runtime: RuntimeDep,
     _principal: Annotated[Any, Depends(current_principal)],
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
     idempotency_key: Annotated[
@@ -197,7 +197,8 @@ async def claim_key(
             f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters",
         )
     token_scope = hashlib.sha256(bearer_token(authorization).encode()).hexdigest()
-    existing = await services.idempotency.claim(token_scope, idempotency_key, pending.fingerprint)
+    store: IdempotencyStore = request.app.state.idempotency
+    existing = await store.claim(token_scope, idempotency_key, pending.fingerprint)
     if existing is None:
         pending.claimed = (token_scope, idempotency_key)
         return

@@ -13,13 +13,13 @@ from fastapi import Depends, Query
 
 from libs.domain.errors import InvalidInput
 from libs.domain.times import parse_moment
-from services.pipeline_api.deps import ReachableServices
+from services.pipeline_api.deps import ReachableRuntime
 from services.pipeline_api.errors import ApiError
 from services.projections.reading import ReadModels
 
 
-async def get_read_models(services: ReachableServices) -> ReadModels:
-    models: ReadModels | None = getattr(services, "read_models", None)
+async def get_read_models(runtime: ReachableRuntime) -> ReadModels:
+    models: ReadModels | None = getattr(runtime, "read_models", None)
     if models is None:
         raise ApiError(503, "read models are not available", code="starting")
     return models

@@ -7,16 +7,9 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from libs.application.app import DealtrailApplication
-from libs.application.sql import ensure_schema, make_engine, setup_lock
-from services.audit.checkpoints import Checkpointer
+from libs.application.sql import setup_lock
 from services.progress import Progress
 from services.projections.base import create_state_table
 from services.projections.parking import (
@@ -33,43 +26,17 @@ from services.projections.rebuild import (
     rebuild,
 )
 from services.projections.runner import (
-    EventSource,
     Worker,
     all_projections,
     ensure_projection,
     projection_status,
     projections_named,
 )
+from services.runtime.bootstrap import checkpointer_for
 from services.runtime.settings import Settings
+from services.runtime.stores import open_stores
 
 PARKED_LIST_LIMIT = 100  # parked events listed by default
-
-
-@dataclass
-class Stores:
-    app: DealtrailApplication
-    engine: AsyncEngine
-    source: EventSource
-
-
-@asynccontextmanager
-async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
-    from services.runtime.bootstrap import open_application
-
-    async with setup_lock(settings.store):  # start-up DDL, one process at a time
-        app = await asyncio.to_thread(open_application, settings)
-        engine = make_engine(settings.store, pool_size=4)
-        try:
-            await ensure_schema(engine, settings.store)
-        except BaseException:
-            await engine.dispose()
-            await asyncio.to_thread(app.close)
-            raise
-    try:
-        yield Stores(app, engine, EventSource(app))
-    finally:
-        await engine.dispose()
-        await asyncio.to_thread(app.close)
 
 
 async def _run(settings: Settings, names: list[str], batch_size: int) -> int:
@@ -83,7 +50,7 @@ async def _run(settings: Settings, names: list[str], batch_size: int) -> int:
         )
         async with setup_lock(settings.store):
             await worker.setup()
-        checkpointer = Checkpointer(stores.app, settings.signer, settings.checkpoint_policy)
+        checkpointer = checkpointer_for(settings, stores.application)
 
         def stop() -> None:
             worker.stop()

@@ -28,8 +28,8 @@ def _moment(text: str) -> datetime:
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> str:
-    from services.projections.cli import open_stores
     from services.projections.runner import Worker
+    from services.runtime.stores import open_stores
 
     params = ReportParams(args.pipeline_id, args.start, args.end, args.owner, args.team)
     async with open_stores(settings) as stores:

@@ -5,38 +5,36 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.application.app import Clock, DealtrailApplication, utc_now
 from libs.application.failures import is_unavailable
-from libs.application.sql import ensure_schema, make_engine, setup_lock
-from services.pipeline_api.idempotency_store import IdempotencyStore
-from services.pipeline_api.query_cache import QueryCache
+from services.audit.checkpoints import Checkpointer
 from services.projections.reading import ReadModels
-from services.projections.runner import EventSource, Worker
+from services.projections.runner import Worker
 from services.runtime.breaker import StoreBreaker
 from services.runtime.keys import KeyRing, build_keyring
 from services.runtime.settings import Settings
+from services.runtime.stores import Stores, connect_stores
 
 log = logging.getLogger("dealtrail")
 
+SERVICE_POOL_SIZE = 10  # read-side connections of one service process
+
 
 @dataclass
-class Services:
-    """Everything a request handler may need, created once per process."""
+class Runtime:
+    """What one process of the service runs on, built once by :func:`bootstrap`."""
 
     settings: Settings
-    app: DealtrailApplication
+    application: DealtrailApplication
     engine: AsyncEngine
-    idempotency: IdempotencyStore
     keyring: KeyRing
     clock: Clock
     read_models: ReadModels
     breaker: StoreBreaker
-    query_cache: QueryCache
     worker: Worker | None = None
     generated_admin_token: str | None = None
     background: list[Any] = field(default_factory=list)
@@ -45,79 +43,50 @@ class Services:
         for stopper in reversed(self.background):
             await stopper()
         await self.engine.dispose()
-        await asyncio.to_thread(self.app.close)
+        await asyncio.to_thread(self.application.close)
 
 
-def open_application(settings: Settings, clock: Clock = utc_now) -> DealtrailApplication:
-    """The event-sourced application on the configured store (creates its tables)."""
-    env = settings.store.eventsourcing_env(pool_size=settings.store_pool_size)
-    if settings.store.is_postgres and settings.store.schema:
-        _create_pg_schema(settings)
-    return DealtrailApplication(env=env, clock=clock)
-
-
-def _create_pg_schema(settings: Settings) -> None:
-    import psycopg
-
-    loc = settings.store
-    with psycopg.connect(
-        host=loc.host,
-        port=loc.port,
-        user=loc.user,
-        password=loc.password or None,
-        dbname=loc.dbname,
-        autocommit=True,
-        connect_timeout=5,
-    ) as conn:
-        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{loc.schema}"')
-
-
-async def bootstrap(settings: Settings, clock: Clock = utc_now) -> Services:
-    """Connect to the store, create tables, and assemble :class:`Services`."""
+async def bootstrap(settings: Settings, clock: Clock = utc_now) -> Runtime:
+    """Connect to the store, create tables, and assemble the :class:`Runtime`."""
     keyring, generated = build_keyring(settings)
-    async with setup_lock(settings.store):
-        app = await asyncio.to_thread(open_application, settings, clock)
-        engine = make_engine(settings.store)
-        try:
-            await ensure_schema(engine, settings.store)
-            idempotency = IdempotencyStore(engine, timedelta(hours=settings.idempotency_ttl_hours))
-            await idempotency.create_tables()
-            worker = Worker(engine=engine, source=EventSource(app), location=settings.store)
-            await worker.setup()  # read-model tables exist even when the worker runs elsewhere
-        except BaseException:
-            await engine.dispose()
-            await asyncio.to_thread(app.close)
-            raise
-    services = Services(
+    worker: Worker | None = None
+
+    async def setup(stores: Stores) -> None:
+        nonlocal worker
+        worker = Worker(engine=stores.engine, source=stores.source, location=settings.store)
+        await worker.setup()  # read-model tables exist even when the worker runs elsewhere
+
+    stores = await connect_stores(settings, clock, pool_size=SERVICE_POOL_SIZE, setup=setup)
+    assert worker is not None
+    read_models = ReadModels(stores.engine, settings.read_wait_seconds, settings.max_read_waiters)
+    runtime = Runtime(
         settings=settings,
-        app=app,
-        engine=engine,
-        idempotency=idempotency,
+        application=stores.application,
+        engine=stores.engine,
         keyring=keyring,
         clock=clock,
-        read_models=ReadModels(engine, settings.read_wait_seconds, settings.max_read_waiters),
+        read_models=read_models,
         breaker=StoreBreaker(settings.store),
-        query_cache=QueryCache(clock),
         generated_admin_token=generated,
     )
     if settings.embedded_worker:
-        start_embedded_worker(services, worker)
-    return services
+        start_embedded_worker(runtime, worker)
+    return runtime
 
 
-def start_embedded_worker(services: Services, worker: Worker) -> None:
+def start_embedded_worker(runtime: Runtime, worker: Worker) -> None:
     """Run the projection worker inside this process, woken by every local command."""
 
     def on_error(exc: BaseException) -> None:
         # Only an outage concerns the API's breaker; anything else the worker logs and
         # retries (an event a projection cannot apply is parked and never gets here).
         if is_unavailable(exc):
-            services.breaker.trip()
+            runtime.breaker.trip()
 
     worker.on_error = on_error
     task = asyncio.create_task(worker.run(), name="projection-worker")
-    services.worker = worker
-    services.app.on_saved.append(lambda _position: worker.poke())
+    runtime.worker = worker
+    runtime.application.on_saved.append(lambda _position: worker.poke())
 
     async def stop() -> None:
         worker.stop()
@@ -126,18 +95,20 @@ def start_embedded_worker(services: Services, worker: Worker) -> None:
         except (TimeoutError, asyncio.CancelledError):
             task.cancel()
 
-    services.background.append(stop)
-    start_checkpointer(services)
+    runtime.background.append(stop)
+    start_checkpointer(runtime)
 
 
-def start_checkpointer(services: Services) -> None:
+def checkpointer_for(
+    settings: Settings, application: DealtrailApplication, clock: Clock = utc_now
+) -> Checkpointer:
+    """The checkpoint writer with the configured signing key and policy."""
+    return Checkpointer(application, settings.signer, settings.checkpoint_policy, clock=clock)
+
+
+def start_checkpointer(runtime: Runtime) -> None:
     """Checkpoints are written beside the projection worker (see services/audit)."""
-    from services.audit.checkpoints import Checkpointer
-
-    settings = services.settings
-    checkpointer = Checkpointer(
-        services.app, settings.signer, settings.checkpoint_policy, clock=services.clock
-    )
+    checkpointer = checkpointer_for(runtime.settings, runtime.application, runtime.clock)
     task = asyncio.create_task(checkpointer.run(), name="checkpointer")
 
     async def stop() -> None:
@@ -147,4 +118,4 @@ def start_checkpointer(services: Services) -> None:
         except (TimeoutError, asyncio.CancelledError):
             task.cancel()
 
-    services.background.append(stop)
+    runtime.background.append(stop)

@@ -56,7 +56,7 @@ async def test_verify_names_a_change_made_in_the_database(
     api: httpx.AsyncClient, backend: Backend
 ) -> None:
     await some_history(api)
-    raw = Raw(backend, api.app.state.services.app)  # type: ignore[attr-defined]
+    raw = Raw(backend, api.app.state.runtime.application)  # type: ignore[attr-defined]
     target = raw.positions()[4]
     # Off the event loop: the service's worker may be mid-transaction on it.
     await asyncio.to_thread(raw.change_payload, target)
@@ -139,7 +139,7 @@ async def test_concurrent_commands_over_http_leave_one_unbroken_chain(
     statuses = await asyncio.gather(*(update(deals[n % 2], n) for n in range(24)))
     assert statuses.count(200) >= 2
     r = await api.get("/v1/audit/verify", headers=auth("auditor"))
-    recorder = api.app.state.services.app.recorder  # type: ignore[attr-defined]
+    recorder = api.app.state.runtime.application.recorder  # type: ignore[attr-defined]
     stored = recorder.select_notifications(1, 10_000)  # PostgreSQL: refused retries leave gaps
     body = r.json()
     assert body["ok"] is True, body

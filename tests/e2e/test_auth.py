@@ -11,11 +11,11 @@ from tests.conftest import auth
 
 
 def head(api: httpx.AsyncClient) -> int:
-    return int(api.app.state.services.app.head_position())  # type: ignore[attr-defined]
+    return int(api.app.state.runtime.application.head_position())  # type: ignore[attr-defined]
 
 
 def events_of(api: httpx.AsyncClient, aggregate_id: str) -> list[EventRecord]:
-    app = api.app.state.services.app  # type: ignore[attr-defined]
+    app = api.app.state.runtime.application  # type: ignore[attr-defined]
     return [
         record
         for batch in app.iter_notifications()

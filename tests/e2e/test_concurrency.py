@@ -13,11 +13,11 @@ from tests.conftest import auth
 
 
 def head(api: httpx.AsyncClient) -> int:
-    return int(api.app.state.services.app.head_position())  # type: ignore[attr-defined]
+    return int(api.app.state.runtime.application.head_position())  # type: ignore[attr-defined]
 
 
 def deal_events(api: httpx.AsyncClient, deal_id: str) -> list[EventRecord]:
-    app = api.app.state.services.app  # type: ignore[attr-defined]
+    app = api.app.state.runtime.application  # type: ignore[attr-defined]
     return [
         record
         for batch in app.iter_notifications()

@@ -16,11 +16,11 @@ DEFAULT_STAGE_IDS = ["deal-created", "demo-or-meeting", "quote-sent", "negotiati
 
 
 def head(api: httpx.AsyncClient) -> int:
-    return int(api.app.state.services.app.head_position())  # type: ignore[attr-defined]
+    return int(api.app.state.runtime.application.head_position())  # type: ignore[attr-defined]
 
 
 def deal_events(api: httpx.AsyncClient, deal_id: str) -> list[EventRecord]:
-    app = api.app.state.services.app  # type: ignore[attr-defined]
+    app = api.app.state.runtime.application  # type: ignore[attr-defined]
     return [
         record
         for batch in app.iter_notifications()

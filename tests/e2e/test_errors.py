@@ -17,7 +17,7 @@ MAX_BODY = 64 * 1024
 
 
 def head(api: httpx.AsyncClient) -> int:
-    return int(api.app.state.services.app.head_position())  # type: ignore[attr-defined]
+    return int(api.app.state.runtime.application.head_position())  # type: ignore[attr-defined]
 
 
 def assert_error(

@@ -36,8 +36,8 @@ def b64(value: Any) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def services(api: httpx.AsyncClient) -> Any:
-    return api.app.state.services  # type: ignore[attr-defined]
+def runtime(api: httpx.AsyncClient) -> Any:
+    return api.app.state.runtime  # type: ignore[attr-defined]
 
 
 async def define_pipeline(api: httpx.AsyncClient, **body: Any) -> str:
@@ -69,7 +69,7 @@ async def assert_read_side_works(api: httpx.AsyncClient, pipeline_id: str) -> No
         headers=auth("manager"),
     )
     assert r.status_code == 200, r.text
-    assert not services(api).breaker.tripped
+    assert not runtime(api).breaker.tripped
 
 
 # --- 1. a far-away snooze no longer reaches the projections ---------------------------------
@@ -296,9 +296,11 @@ async def test_reads_waiting_for_a_position_hold_no_connection_and_are_capped(
     async with client_for(settings, TestClock()) as api:
         # the worker runs only when the test says, so every connection checked out of the
         # read side's pool below belongs to the queries
-        wired = services(api)
+        wired = runtime(api)
         worker = Worker(
-            engine=wired.engine, source=EventSource(wired.app), location=wired.settings.store
+            engine=wired.engine,
+            source=EventSource(wired.application),
+            location=wired.settings.store,
         )
         pipeline_id = await define_pipeline(api)
         deal = await create_deal(api, pipeline_id)
@@ -340,7 +342,7 @@ async def test_an_idempotent_answer_is_stored_before_its_first_byte_is_sent(
 ) -> None:
     pipeline_id = await define_pipeline(api)
     app = api.app  # type: ignore[attr-defined]
-    engine = services(api).engine
+    engine = runtime(api).engine
     stored_at_start: list[Any] = []
 
     async def watching(scope: Any, receive: Any, send: Any) -> None:

@@ -11,7 +11,7 @@ from tests.conftest import TestClock, auth, client_for
 
 
 def head(api: httpx.AsyncClient) -> int:
-    return int(api.app.state.services.app.head_position())  # type: ignore[attr-defined]
+    return int(api.app.state.runtime.application.head_position())  # type: ignore[attr-defined]
 
 
 def keyed(who: str, key: str, **extra: str) -> dict[str, str]:

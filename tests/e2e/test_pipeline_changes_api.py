@@ -22,7 +22,7 @@ STAGE_IDS = ["deal-created", "demo-or-meeting", "quote-sent", "negotiation"]
 
 def head(api: httpx.AsyncClient) -> int:
     """The newest position in the event log."""
-    return int(api.app.state.services.app.head_position())  # type: ignore[attr-defined]
+    return int(api.app.state.runtime.application.head_position())  # type: ignore[attr-defined]
 
 
 async def define_pipeline(api: httpx.AsyncClient, **body: Any) -> dict[str, Any]:

@@ -28,12 +28,12 @@ def at(day: int, hour: int = 9, minute: int = 0, second: int = 0) -> str:
     return datetime(2026, 1, day, hour, minute, second, tzinfo=UTC).isoformat()
 
 
-def services_of(api: httpx.AsyncClient) -> Any:
-    return api.app.state.services  # type: ignore[attr-defined]
+def runtime_of(api: httpx.AsyncClient) -> Any:
+    return api.app.state.runtime  # type: ignore[attr-defined]
 
 
 def head(api: httpx.AsyncClient) -> int:
-    return int(services_of(api).app.head_position())
+    return int(runtime_of(api).application.head_position())
 
 
 async def ok(response: Any, status: int = 200) -> dict[str, Any]:
@@ -169,9 +169,9 @@ async def test_a_query_with_min_position_waits_for_the_worker_then_answers_fresh
         await asyncio.sleep(0.4)
         assert not any(t.done() for t in waiting), "answered before the read model caught up"
 
-        services = services_of(api)
+        runtime = runtime_of(api)
         worker = Worker(
-            engine=services.engine, source=EventSource(services.app), location=settings.store
+            engine=runtime.engine, source=EventSource(runtime.application), location=settings.store
         )
         await worker.setup()
         await worker.catch_up()

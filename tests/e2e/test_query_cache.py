@@ -30,8 +30,8 @@ def ago(days: float) -> str:
     return (T - timedelta(days=days)).isoformat()
 
 
-def services_of(api: httpx.AsyncClient) -> Any:
-    return api.app.state.services  # type: ignore[attr-defined]
+def runtime_of(api: httpx.AsyncClient) -> Any:
+    return api.app.state.runtime  # type: ignore[attr-defined]
 
 
 class Client:
@@ -79,13 +79,13 @@ async def per_stage_board(
 ) -> dict[str, Any]:
     """The board as the service computed it before the single-pass queries: per stage,
     one query for the first page and one for the stale count."""
-    services = services_of(api)
+    runtime = runtime_of(api)
     pid = UUID(pipeline_id)
-    async with services.read_models.open("current_pipeline") as view:
+    async with runtime.read_models.open("current_pipeline") as view:
         pipeline = await current_pipeline.get_pipeline(view.conn, view.tables, pid)
         assert pipeline is not None
         totals = await current_pipeline.stage_totals(view.conn, view.tables, pid)
-        now = services.clock()
+        now = runtime.clock()
         stages = []
         sum_count, sum_value, sum_weight = 0, Decimal(0), Decimal(0)
         for stage in pipeline["stages"]:
@@ -258,7 +258,7 @@ async def test_concurrent_identical_requests_are_computed_once(api: httpx.AsyncC
     for n in range(6):
         await c.deal(pid, f"D{n}", 30 - n, stage="Demo" if n % 2 else "Lead")
     await c.get(f"/v1/deals/{(await c.deal(pid, 'Last', 1))}")  # the read model caught up
-    cache = services_of(api).query_cache
+    cache = api.app.state.query_cache  # type: ignore[attr-defined]
     requests: list[tuple[str, dict[str, Any], dict[str, str]]] = [
         (f"/v1/pipelines/{pid}/board", {"per_stage": 3}, {}),
         ("/v1/reports/stale-deals", {"pipeline_id": pid}, {}),
@@ -316,15 +316,14 @@ async def test_a_bounded_cache_drops_the_least_recently_used_answer(
     c = Client(api)
     pid = await c.pipeline(name="Small", stages=[{"name": "Lead", "probability": 10}])
     await c.deal(pid, "Only", 3)
-    services = services_of(api)
-    services.query_cache = QueryCache(clock, max_entries=2)
+    api.app.state.query_cache = QueryCache(clock, max_entries=2)  # type: ignore[attr-defined]
     path = f"/v1/pipelines/{pid}/board"
 
     async def cache_of(per_stage: int) -> str:
         return str((await c.get(path, per_stage=per_stage)).headers["X-Cache"])
 
     assert [await cache_of(n) for n in (1, 2, 1, 3)] == ["miss", "miss", "hit", "miss"]
-    assert len(services.query_cache) == 2
+    assert len(api.app.state.query_cache) == 2  # type: ignore[attr-defined]
     assert await cache_of(1) == "hit"  # recently used, kept
     assert await cache_of(2) == "miss"  # the least recently used, dropped for 3
 
@@ -353,7 +352,7 @@ async def test_cache_control_no_cache_computes_afresh_and_keeps_the_answer(
     c = Client(api)
     pid = await c.pipeline(name="Fresh", stages=[{"name": "Lead", "probability": 10}])
     await c.get(f"/v1/deals/{(await c.deal(pid, 'One', 5))}")  # the read model caught up
-    cache = services_of(api).query_cache
+    cache = api.app.state.query_cache  # type: ignore[attr-defined]
     for path, params in (
         (f"/v1/pipelines/{pid}/board", {}),
         ("/v1/reports/win-rate", {"pipeline_id": pid}),

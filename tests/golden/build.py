@@ -102,13 +102,13 @@ async def build(backend: Backend) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as data:
         settings = backend.settings(Path(data), DEALTRAIL_READ_WAIT_SECONDS=60)
         async with client_for(settings, TestClock(NOW)) as api:
-            services = api.app.state.services  # type: ignore[attr-defined]
-            generate(services.app, deals=DEALS, seed=SEED, end=END)
-            head = services.app.head_position()
+            runtime = api.app.state.runtime  # type: ignore[attr-defined]
+            generate(runtime.application, deals=DEALS, seed=SEED, end=END)
+            head = runtime.application.head_position()
             r = await api.get("/v1/deals", params={"min_position": head}, headers=auth("admin"))
             assert r.status_code == 200, r.text
-            await services.worker.catch_up()
-            return {"tables": await tables(services.engine), "answers": await answers(api)}
+            await runtime.worker.catch_up()
+            return {"tables": await tables(runtime.engine), "answers": await answers(api)}
 
 
 def path(kind: str) -> Path:

@@ -37,7 +37,7 @@ from libs.chain_verifier import GENESIS, event_hash
 from services.audit.checkpoints import Checkpointer
 from services.cli import main as cli
 from services.demo.generator import generate
-from services.runtime.bootstrap import open_application
+from services.runtime.stores import open_application
 from tests.conftest import PG_URL, Backend, TestClock
 from tests.integration.test_read_models import close_stores, open_stores, table_rows
 

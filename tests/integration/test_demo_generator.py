@@ -13,7 +13,7 @@ import pytest
 from libs.application.app import DealtrailApplication
 from libs.application.records import EventRecord, decode
 from services.demo.generator import DemoError, generate
-from services.runtime.bootstrap import open_application
+from services.runtime.stores import open_application
 from tests.conftest import Backend, TestClock
 
 END = datetime(2026, 5, 1, tzinfo=UTC)

@@ -11,7 +11,7 @@ import pytest
 
 from services.cli import main as cli
 from services.demo.generator import generate
-from services.runtime.bootstrap import open_application
+from services.runtime.stores import open_application
 from tests.conftest import Backend
 
 KEYS = {

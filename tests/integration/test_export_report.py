@@ -13,7 +13,7 @@ import pytest
 from libs.domain.actors import Actor, Role
 from libs.domain.pipeline import default_template
 from services.cli import main as cli
-from services.runtime.bootstrap import open_application
+from services.runtime.stores import open_application
 from tests.conftest import Backend
 
 ADMIN = Actor("ann", Role.ADMIN)

@@ -27,7 +27,7 @@ from libs.application.records import decode
 from libs.domain.deal import deal_id_for
 from services.cli import main as cli
 from services.importer import crm
-from services.runtime.bootstrap import open_application
+from services.runtime.stores import open_application
 from tests.conftest import Backend
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

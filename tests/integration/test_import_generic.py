@@ -18,7 +18,7 @@ from libs.domain.pipeline import default_template
 from services.cli import main as cli
 from services.importer.common import read_csv_text
 from services.importer.generic import import_deals, import_deals_text
-from services.runtime.bootstrap import open_application
+from services.runtime.stores import open_application
 from tests.conftest import Backend, TestClock
 
 ANN = Actor("ann", Role.ADMIN)

@@ -389,7 +389,7 @@ async def test_status_counts_events_behind_and_parked_events(
 async def test_health_shows_events_behind_and_parked_per_projection(
     api: httpx.AsyncClient,
 ) -> None:
-    services = api.app.state.services  # type: ignore[attr-defined]
+    runtime = api.app.state.runtime  # type: ignore[attr-defined]
     made = await api.post(
         "/v1/pipelines", json={"name": "Health", "currency": "EUR"}, headers=auth("admin")
     )
@@ -401,7 +401,7 @@ async def test_health_shows_events_behind_and_parked_per_projection(
     assert deal.status_code == 201, deal.text
     when = datetime.now(UTC)
     bad = await asyncio.to_thread(
-        store_unbounded_snooze, services.app, UUID(deal.json()["id"]), when
+        store_unbounded_snooze, runtime.application, UUID(deal.json()["id"]), when
     )
     after = await api.post(
         "/v1/deals", json={"pipeline_id": made.json()["id"], "title": "B", "value": "2"},
@@ -435,8 +435,8 @@ async def test_health_shows_events_behind_and_parked_per_projection(
 async def test_the_embedded_worker_trips_the_breaker_only_when_the_database_is_unreachable(
     api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    services = api.app.state.services  # type: ignore[attr-defined]
-    worker, breaker = services.worker, services.breaker
+    runtime = api.app.state.runtime  # type: ignore[attr-defined]
+    worker, breaker = runtime.worker, runtime.breaker
     failures: list[BaseException] = []
     real_read = worker.source.read
 

@@ -27,8 +27,8 @@ from libs.domain.pipeline import default_template
 from services.projections import audit_history, current_pipeline, stage_durations
 from services.projections.base import Projection, State, read_states
 from services.projections.runner import EventSource, Worker, all_projections
-from services.runtime.bootstrap import open_application
 from services.runtime.settings import Settings
+from services.runtime.stores import open_application
 from tests.conftest import Backend, TestClock
 
 ANN = Actor("ann", Role.ADMIN)

@@ -35,7 +35,7 @@ from services.projections.reading import ReadModels
 from services.projections.runner import EventSource, Worker
 from services.reports import ReportContext, ReportParams
 from services.reports.sales import REPORTS
-from services.runtime.bootstrap import open_application
+from services.runtime.stores import open_application
 from tests.conftest import PG_URL, Backend, TestClock, need_postgres
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

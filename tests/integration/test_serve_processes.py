@@ -11,12 +11,14 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 
+from services.pipeline_api.main import create_app
 from tests.conftest import PG_URL, Backend, auth, need_postgres
 from tests.integration.test_rebuild import DEALTRAIL, ROOT, cli_env
 
@@ -118,14 +120,20 @@ def test_two_api_processes_serve_commands_and_queries(postgres: Backend, tmp_pat
 async def test_processes_starting_at_once_on_a_fresh_schema_all_come_up(
     postgres: Backend, tmp_path: Path
 ) -> None:
-    """Start-up DDL is serialised: six simultaneous starts on an empty schema all succeed."""
-    from services.runtime.bootstrap import bootstrap
-
+    """Start-up DDL is serialised: six simultaneous starts of the API (the runtime's tables
+    and the API's own) on an empty schema all succeed."""
     settings = postgres.settings(tmp_path / "data", DEALTRAIL_EMBEDDED_WORKER=False)
-    started = await asyncio.gather(*(bootstrap(settings) for _ in range(6)), return_exceptions=True)
+
+    async def start() -> AsyncExitStack:
+        app = create_app(settings)
+        stack = AsyncExitStack()
+        await stack.enter_async_context(app.router.lifespan_context(app))
+        return stack
+
+    started = await asyncio.gather(*(start() for _ in range(6)), return_exceptions=True)
     try:
         assert [s for s in started if isinstance(s, BaseException)] == []
     finally:
-        for services in started:
-            if not isinstance(services, BaseException):
-                await services.aclose()
+        for stack in started:
+            if not isinstance(stack, BaseException):
+                await stack.aclose()

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from libs.domain.values import format_money
-from services.pipeline_api.deps import CurrentPrincipal, ServicesDep
+from services.pipeline_api.deps import CurrentPrincipal, QueryCacheDep, RuntimeDep
 from services.pipeline_api.errors import ERROR_RESPONSES, ApiError
 from services.pipeline_api.query_cache import Computed, FreshAnswer, json_body
 from services.pipeline_api.readmodels import MinPosition, ReadModelsDep, deal_cursor_after
@@ -29,7 +29,8 @@ router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"], responses=ERROR_R
 async def board(
     pipeline_id: UUID,
     principal: CurrentPrincipal,
-    services: ServicesDep,
+    runtime: RuntimeDep,
+    cache: QueryCacheDep,
     models: ReadModelsDep,
     fresh: FreshAnswer,
     per_stage: Annotated[int, Query(ge=0, le=100, description="Deals listed per stage")] = 20,
@@ -44,7 +45,6 @@ async def board(
     Each stage's `next_cursor` continues with `GET /v1/deals?pipeline_id=..&stage=..&status=open`.
     With `as_of`, the board at that past moment: stages as defined then, deals as they were.
     """
-    cache = services.query_cache
     if as_of is not None:
         moment = as_of
 
@@ -56,7 +56,7 @@ async def board(
         return await cache.answer(past_key, models.states, min_position, past, fresh=fresh)
 
     async def live() -> Computed:
-        board = await live_board(models, pipeline_id, per_stage, min_position, services.clock)
+        board = await live_board(models, pipeline_id, per_stage, min_position, runtime.clock)
         # Already JSON-ready: skip the framework's generic re-encoding of a large answer.
         return Computed(json_body(board), uses_clock=True)
 

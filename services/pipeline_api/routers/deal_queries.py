@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from libs.application.records import to_json_value
 from libs.domain.values import format_money
-from services.pipeline_api.deps import CurrentPrincipal, ServicesDep
+from services.pipeline_api.deps import CurrentPrincipal, RuntimeDep
 from services.pipeline_api.errors import ERROR_RESPONSES, ApiError
 from services.pipeline_api.readmodels import (
     CursorParam,
@@ -96,7 +96,7 @@ def resolve_stage(
 @router.get("")
 async def list_deals(
     principal: CurrentPrincipal,
-    services: ServicesDep,
+    runtime: RuntimeDep,
     models: ReadModelsDep,
     pipeline_id: UUID | None = None,
     stage: Annotated[FilterText | None, Query(description="Stage id (or name)")] = None,
@@ -116,7 +116,7 @@ async def list_deals(
         stage_id = resolve_stage(pipelines, pipeline_id, stage) if stage else None
         filters = DealFilter(pipeline_id, stage_id, status, owner, updated_since)
         rows = await current_pipeline.list_deals(view.conn, view.tables, filters, after, limit + 1)
-    now = services.clock()
+    now = runtime.clock()
     page = rows[:limit]
     next_cursor = None
     if len(rows) > limit:
@@ -134,7 +134,7 @@ async def list_deals(
 async def get_deal(
     deal_id: UUID,
     principal: CurrentPrincipal,
-    services: ServicesDep,
+    runtime: RuntimeDep,
     models: ReadModelsDep,
     response: Response,
     min_position: MinPosition = None,
@@ -153,7 +153,7 @@ async def get_deal(
             raise ApiError(404, f"deal {deal_id} does not exist (as of position {view.position})")
         pipelines = await pipeline_lookup(view.conn, view.tables)
     response.headers["ETag"] = f'"{row["version"]}"'
-    return {**deal_view(row, pipelines, services.clock()), "position": view.position}
+    return {**deal_view(row, pipelines, runtime.clock()), "position": view.position}
 
 
 def history_view(row: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from services.exporter.events import EventExport, export_bounds
-from services.pipeline_api.deps import CurrentPrincipal, PipelineApp, ServicesDep
+from services.pipeline_api.deps import CurrentPrincipal, PipelineApp, RuntimeDep
 from services.pipeline_api.errors import ERROR_RESPONSES
 from services.pipeline_api.readmodels import MAX_POSITION
 
@@ -37,7 +37,7 @@ async def _stream(export: EventExport) -> AsyncIterator[bytes]:
 )
 async def export_events(
     app: PipelineApp,
-    services: ServicesDep,
+    runtime: RuntimeDep,
     principal: CurrentPrincipal,
     from_position: Annotated[
         int, Query(ge=1, le=MAX_POSITION, description="First position to export")
@@ -62,7 +62,7 @@ async def export_events(
     principal.check_may_read_audit()
     start, stop = await run_in_threadpool(export_bounds, app, from_position, to_position)
     export = await run_in_threadpool(
-        lambda: EventExport(app, start, stop, signer=services.settings.signer)
+        lambda: EventExport(app, start, stop, signer=runtime.settings.signer)
     )
     headers = {
         "Export-From-Position": str(start),

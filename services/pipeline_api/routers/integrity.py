@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from libs.application.integrity import chain_of, verify_store
-from services.pipeline_api.deps import CurrentPrincipal, PipelineApp, ServicesDep
+from services.pipeline_api.deps import CurrentPrincipal, PipelineApp, RuntimeDep
 from services.pipeline_api.errors import ERROR_RESPONSES, ApiError
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=ERROR_RESPONSES)
@@ -24,7 +24,7 @@ _verifying = threading.Lock()
 @router.get("/verify")
 async def verify_log(
     app: PipelineApp,
-    services: ServicesDep,
+    runtime: RuntimeDep,
     principal: CurrentPrincipal,
     from_position: Annotated[
         int, Query(ge=1, le=MAX_POSITION, description="First position to check")
@@ -55,7 +55,7 @@ async def verify_log(
             headers={"Retry-After": "5"},
         )
     try:
-        signer = services.settings.signer
+        signer = runtime.settings.signer
         trusted = [signer.public_key] if signer is not None else []
         report = await run_in_threadpool(
             lambda: verify_store(
@@ -68,9 +68,9 @@ async def verify_log(
 
 
 @router.get("/public-key")
-async def public_key(services: ServicesDep, principal: CurrentPrincipal) -> dict[str, Any]:
+async def public_key(runtime: RuntimeDep, principal: CurrentPrincipal) -> dict[str, Any]:
     """The Ed25519 key that verifies checkpoint signatures; every role may read it."""
-    signer = services.settings.signer
+    signer = runtime.settings.signer
     if signer is None:
         raise ApiError(
             404,

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
-from services.pipeline_api.deps import CurrentPrincipal, PipelineApp, ServicesDep
+from services.pipeline_api.deps import CurrentPrincipal, PipelineApp, RuntimeDep
 from services.pipeline_api.errors import ERROR_RESPONSES
 from services.pipeline_api.idempotency import IdempotencyKey
 from services.pipeline_api.readmodels import MinPosition, ReadModelsDep
@@ -42,12 +42,12 @@ async def set_team(
 @router.get("")
 async def list_owners(
     principal: CurrentPrincipal,
-    services: ServicesDep,
+    runtime: RuntimeDep,
     models: ReadModelsDep,
     min_position: MinPosition = None,
 ) -> dict[str, Any]:
     """Every owner with a team or region, as they are now, with their history."""
-    now = services.clock()
+    now = runtime.clock()
     async with models.open("analytics", min_position) as view:
         history = await analytics.memberships(view.conn, view.tables)
         position = view.position

@@ -22,7 +22,6 @@ from services.pipeline_api.deps import (
     CurrentPrincipal,
     ExpectedVersion,
     PipelineApp,
-    ServicesDep,
 )
 from services.pipeline_api.errors import ERROR_RESPONSES
 from services.pipeline_api.idempotency import IdempotencyKey
@@ -285,7 +284,6 @@ async def remove_stage(
     pipeline_id: UUID,
     stage_id: str,
     app: PipelineApp,
-    services: ServicesDep,
     models: ReadModelsDep,
     principal: CurrentPrincipal,
     version: ExpectedVersion,

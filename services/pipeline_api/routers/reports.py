@@ -9,7 +9,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import Response
 
-from services.pipeline_api.deps import CurrentPrincipal, ServicesDep
+from services.pipeline_api.deps import CurrentPrincipal, QueryCacheDep, RuntimeDep
 from services.pipeline_api.errors import ERROR_RESPONSES, ApiError
 from services.pipeline_api.query_cache import Computed, FreshAnswer, TimeUse, json_body
 from services.pipeline_api.readmodels import MinPosition, ReadModelsDep
@@ -43,7 +43,8 @@ OnePipeline = Annotated[UUID | None, Depends(_one_pipeline)]
 def _route(name: str, fn: ReportFn) -> Callable[..., Awaitable[Response]]:
     async def report(
         principal: CurrentPrincipal,
-        services: ServicesDep,
+        runtime: RuntimeDep,
+        cache: QueryCacheDep,
         models: ReadModelsDep,
         fresh: FreshAnswer,
         pipeline_id: AnyPipeline,
@@ -63,7 +64,7 @@ def _route(name: str, fn: ReportFn) -> Callable[..., Awaitable[Response]]:
         as_csv = bool(accept and "text/csv" in accept)
 
         async def compute() -> Computed:
-            clock = TimeUse(services.clock)
+            clock = TimeUse(runtime.clock)
             result = await fn(ReportContext(models, clock), params)
             if as_csv:
                 return Computed(
@@ -88,9 +89,7 @@ def _route(name: str, fn: ReportFn) -> Callable[..., Awaitable[Response]]:
             owner,
             team,
         )
-        return await services.query_cache.answer(
-            key, models.states, min_position, compute, fresh=fresh
-        )
+        return await cache.answer(key, models.states, min_position, compute, fresh=fresh)
 
     # A report about one pipeline's stages declares pipeline_id required.
     report.__annotations__["pipeline_id"] = OnePipeline if name in NEEDS_PIPELINE else AnyPipeline
