@@ -59,14 +59,14 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from services.demo.run import run_demo
+    from services.cli.demo import run_demo
 
     return run_demo(args, settings)
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``demo generate`` and ``demo run`` to the ``dealtrail`` parser."""
-    from services.demo.run import DEFAULT_DEALS, DEFAULT_SEED
+    from services.cli.demo import DEFAULT_DEALS, DEFAULT_SEED
 
     parser = commands.add_parser("demo", help="demo data", description=__doc__)
     kinds = parser.add_subparsers(dest="demo_command", required=True, metavar="COMMAND")
