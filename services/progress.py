@@ -83,6 +83,12 @@ class Progress:
             self._last_draw = now
             self._draw()
 
+    def advance_to(self, done: int, total: int | None) -> None:
+        """Record that ``done`` of ``total`` units are done now (for work that reports how
+        far it has come rather than each step)."""
+        self.total = total
+        self.update(done - self.done)
+
     def line(self) -> str:
         """The current state as one line of text."""
         rate = self.rate

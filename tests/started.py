@@ -56,11 +56,21 @@ class Started:
 @contextmanager
 def started_service(backend: Backend, tmp_path: Path, *args: str, **env: str) -> Iterator[Started]:
     """``dealtrail serve`` until the block ends; waits (bounded) until /health answers."""
+    with started_command(backend, tmp_path, ["serve"], *args, **env) as started:
+        yield started
+
+
+@contextmanager
+def started_command(
+    backend: Backend, tmp_path: Path, command: list[str], *args: str, **env: str
+) -> Iterator[Started]:
+    """``dealtrail COMMAND --port P ARGS`` (a command that ends up serving the API) until
+    the block ends; waits (bounded) until /health answers."""
     port = free_port()
     log = tmp_path / f"serve-{port}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [str(DEALTRAIL), "serve", "--port", str(port), *args],
+            [str(DEALTRAIL), *command, "--port", str(port), *args],
             env=service_env(backend, tmp_path / "data", **env),
             cwd=ROOT,
             stdin=subprocess.DEVNULL,

@@ -1,35 +1,21 @@
-"""What both importers share: reading CSV with line numbers, dates, reporting, the CLI run."""
+"""What both importers share: reading CSV with line numbers, and dates."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import TextIO
 
-from eventsourcing.persistence import PersistenceError
-
-from libs.application.app import DealtrailApplication
 from libs.application.importing import (
-    DEFAULT_BATCH_SIZE,
-    IMPORT_ACTOR,
     ImportAborted,
-    ImportReport,
 )
-from libs.domain.actors import Actor, Role
 from libs.domain.errors import InvalidInput
 from libs.domain.times import to_utc
-from services.progress import Progress
-from services.runtime.settings import Settings
-from services.runtime.stores import open_application
 
-# Exit codes of the import commands.
-EXIT_OK, EXIT_REJECTED, EXIT_ABORTED = 0, 1, 2
 # Key under which a row longer than the header notes how many fields it has too many.
 EXTRA_FIELDS = "\0extra"
 
@@ -120,89 +106,3 @@ def parse_time(text: str, field: str) -> datetime:
         return to_utc(parsed, field)
     except InvalidInput as exc:
         raise RowProblem(exc.message) from None
-
-
-def print_report(report: ImportReport, *, out: TextIO, err: TextIO) -> None:
-    """Rejected rows (file:line: reason) on ``err``, the summary on ``out``."""
-    for error in sorted(report.rejected, key=lambda e: (e.file, e.line)):
-        print(f"rejected {error}", file=err)
-    if not report.written:
-        print(
-            f"strict: {len(report.rejected)} bad row(s); nothing was imported",
-            file=out,
-        )
-        return
-    print(
-        f"imported {report.imported} deal(s) ({report.created} new, {report.changed} changed), "
-        f"{report.unchanged} unchanged, {len(report.rejected)} rejected; "
-        f"{report.events} event(s) appended",
-        file=out,
-    )
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def add_common_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--strict",
-        action="store_true",
-        help="write nothing at all if any row is bad (default: import the good rows)",
-    )
-    parser.add_argument(
-        "--actor",
-        default=IMPORT_ACTOR.name,
-        help=f"name recorded as the actor of every event (default: {IMPORT_ACTOR.name})",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=DEFAULT_BATCH_SIZE,
-        help=f"deals stored per transaction (default: {DEFAULT_BATCH_SIZE})",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress display")
-
-
-def actor_from(args: argparse.Namespace) -> Actor:
-    return Actor(name=str(args.actor), role=Role.ADMIN)
-
-
-ImportRun = Callable[[DealtrailApplication, Callable[[int], None]], ImportReport]
-
-
-def run_cli_import(
-    settings: Settings,
-    *,
-    label: str,
-    total: int | None,
-    run: ImportRun,
-    quiet: bool = False,
-    out: TextIO | None = None,
-    err: TextIO | None = None,
-) -> int:
-    """Open the store, run one import with a progress display, print its report."""
-    out = out or sys.stdout
-    err = err or sys.stderr
-    app = open_application(settings)
-    try:
-        with Progress(total, label=label, unit="rows", stream=err, enabled=not quiet) as bar:
-            report = run(app, bar.update)
-    except ImportAborted as exc:
-        print(f"dealtrail import: {exc}", file=err)
-        return EXIT_ABORTED
-    except PersistenceError as exc:
-        print(
-            f"dealtrail import: database error: {exc}\n"
-            "Deals stored before the error are complete (never half-written); "
-            "run the import again to add the rest.",
-            file=err,
-        )
-        return EXIT_ABORTED
-    finally:
-        app.close()
-    print_report(report, out=out, err=err)
-    return EXIT_OK if not report.rejected else EXIT_REJECTED

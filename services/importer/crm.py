@@ -17,13 +17,11 @@ optionally, ``accounts.csv``. The mapping (documented in docs/import-demo-export
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
+from datetime import UTC, datetime, time
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
@@ -33,24 +31,18 @@ from libs.application.importing import (
     IMPORT_ACTOR,
     DealImporter,
     DealRow,
-    ImportAborted,
     ImportReport,
 )
 from libs.domain.actors import Actor
 from libs.domain.deal import LOST, OPEN, WON
 from libs.domain.pipeline import DEFAULT_LOST_REASONS, Pipeline
 from services.importer.common import (
-    EXIT_ABORTED,
     CsvTable,
     RowProblem,
-    actor_from,
-    add_common_options,
     check_row_shape,
     parse_time,
     read_csv_file,
-    run_cli_import,
 )
-from services.runtime.settings import Settings
 
 PIPELINE_NAME = "CRM opportunities"
 CURRENCY = "USD"
@@ -280,57 +272,3 @@ def import_crm(
             continue
         importer.add(deal_row)
     return importer.finish()
-
-
-def _date(text: str) -> datetime:
-    try:
-        return datetime.combine(date.fromisoformat(text), time(0), tzinfo=UTC)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
-
-
-def _run(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        data = load(Path(args.directory))
-    except ImportAborted as exc:
-        print(f"dealtrail import: {exc}", file=sys.stderr)
-        return EXIT_ABORTED
-    return run_cli_import(
-        settings,
-        label="import crm-opportunities",
-        total=len(data.opportunities.rows),
-        quiet=args.quiet,
-        run=lambda app, progress: import_crm(
-            app,
-            data,
-            actor=actor_from(args),
-            strict=args.strict,
-            batch_size=args.batch_size,
-            progress=progress,
-            pipeline_name=args.pipeline,
-            undated=args.undated_date,
-        ),
-    )
-
-
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = commands.add_parser(
-        "crm-opportunities",
-        help="import a CRM sales-opportunities directory (sales_pipeline.csv and friends)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("directory", help="directory holding sales_pipeline.csv etc.")
-    parser.add_argument(
-        "--pipeline",
-        default=PIPELINE_NAME,
-        help=f"name of the pipeline to import into (default: {PIPELINE_NAME!r})",
-    )
-    parser.add_argument(
-        "--undated-date",
-        type=_date,
-        default=None,
-        help="date given to rows without engage_date (default: the latest date in the file)",
-    )
-    add_common_options(parser)
-    parser.set_defaults(handler=_run)

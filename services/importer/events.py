@@ -10,29 +10,22 @@ store's own chain is verified and every read model is rebuilt.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 from libs.application.app import DealtrailApplication
 from libs.application.integrity import ChainError, chain_of, verify_store
-from libs.application.sql import ensure_schema, make_engine
 from libs.chain_verifier import (
     GENESIS,
     ChainWalk,
     Checkpoint,
     ExportReport,
     Link,
-    Malformed,
     describe,
-    load_public_key,
     read_export,
     verify_export,
 )
 from services.progress import Progress
-from services.runtime.settings import Settings
 
 RESTORE_BATCH = 5000
 
@@ -107,73 +100,3 @@ def restore(
     if not stored.ok:
         raise ChainError(f"the restored store does not verify: {stored.finding}")
     return count
-
-
-async def _rebuild_read_models(settings: Settings, app: DealtrailApplication, quiet: bool) -> None:
-    from services.projections.rebuild import drop_old_generations, rebuild
-    from services.projections.runner import EventSource, Worker, all_projections
-
-    engine = make_engine(settings.store, pool_size=4)
-    try:
-        await ensure_schema(engine, settings.store)
-        source = EventSource(app)
-        await Worker(engine=engine, source=source, location=settings.store).setup()
-        bar = Progress(None, label="rebuild read models", unit="events", enabled=not quiet)
-        seen = 0
-
-        def report(done: int, total: int) -> None:
-            nonlocal seen
-            bar.total = total
-            bar.update(done - seen)
-            seen = done
-
-        with bar:
-            await rebuild(engine, source, all_projections(), progress=report)
-        await drop_old_generations(engine, all_projections())
-    finally:
-        await engine.dispose()
-
-
-def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from services.runtime.stores import open_application
-
-    try:
-        trusted = [load_public_key(k) for k in args.public_key]
-    except ValueError as exc:
-        print(f"--public-key: {exc}", file=sys.stderr)
-        return 2
-    path: Path = args.file
-    if not path.is_file():
-        print(f"dealtrail import events: no such file: {path}", file=sys.stderr)
-        return 2
-    app = open_application(settings)
-    try:
-        count = restore(app, path, trusted, quiet=args.quiet)
-        asyncio.run(_rebuild_read_models(settings, app, args.quiet))
-    except (ChainError, Malformed, UnicodeDecodeError) as exc:
-        print(f"dealtrail import events: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        app.close()
-    print(f"restored {count} event(s); the chain verifies; read models rebuilt")
-    return 0
-
-
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = commands.add_parser(
-        "events",
-        help="restore an event export (JSON Lines) into an empty store",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("file", type=Path, metavar="FILE", help="a complete event export")
-    parser.add_argument(
-        "--public-key",
-        action="append",
-        default=[],
-        metavar="KEY",
-        help="signatures in the file must be by this Ed25519 public key (base64, PEM or a "
-        "file); may repeat",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress display")
-    parser.set_defaults(handler=_run)

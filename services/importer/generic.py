@@ -21,10 +21,7 @@ ignored. Needed: external_id, title, value, owner, created_at, and pipeline (unl
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from libs.application.app import DealtrailApplication
@@ -40,18 +37,12 @@ from libs.domain.actors import Actor
 from libs.domain.deal import LOST, OPEN, WON
 from libs.domain.pipeline import Pipeline
 from services.importer.common import (
-    EXIT_ABORTED,
     CsvTable,
     RowProblem,
-    actor_from,
-    add_common_options,
     check_row_shape,
     parse_time,
-    read_csv_file,
     read_csv_text,
-    run_cli_import,
 )
-from services.runtime.settings import Settings
 
 COLUMNS = (
     "external_id",
@@ -181,41 +172,3 @@ def import_deals_text(
 ) -> ImportReport:
     """:func:`import_deals` on CSV text (the HTTP route's body)."""
     return import_deals(app, read_csv_text(text, name), **options)
-
-
-def _run(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        table = read_csv_file(Path(args.file))
-    except ImportAborted as exc:
-        print(f"dealtrail import: {exc}", file=sys.stderr)
-        return EXIT_ABORTED
-    return run_cli_import(
-        settings,
-        label="import deals",
-        total=len(table.rows),
-        quiet=args.quiet,
-        run=lambda app, progress: import_deals(
-            app,
-            table,
-            actor=actor_from(args),
-            strict=args.strict,
-            batch_size=args.batch_size,
-            progress=progress,
-            default_pipeline=args.pipeline,
-        ),
-    )
-
-
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = commands.add_parser(
-        "deals",
-        help="import deals from a CSV file (columns: " + ",".join(COLUMNS) + ")",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("file", help="the CSV file")
-    parser.add_argument(
-        "--pipeline", default=None, help="pipeline of rows whose pipeline column is empty"
-    )
-    add_common_options(parser)
-    parser.set_defaults(handler=_run)

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     checkpoint_minutes: float = Field(
         default=5.0, alias="DEALTRAIL_CHECKPOINT_MINUTES", gt=0, le=7 * 24 * 60
     )
+    # `dealtrail serve --workers` checks the value (at least 1, above 1 only on PostgreSQL).
+    web_workers: int = Field(default=1, alias="DEALTRAIL_WEB_WORKERS")
 
     @field_validator("database_url")
     @classmethod

@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from libs.application.app import utc_now
 from libs.application.integrity import (
     ChainError,
     Signer,
@@ -19,8 +20,10 @@ from libs.application.integrity import (
     verify_store,
 )
 from libs.chain_verifier import describe, load_public_key, verify_export
+from services.cli.arguments import SubCommands
 from services.progress import Progress
 from services.runtime.settings import Settings
+from services.runtime.stores import open_application
 
 
 def _position(text: str) -> int:
@@ -39,50 +42,46 @@ def trusted_keys(settings: Settings, given: list[str]) -> list[bytes]:
 
 
 def _seal(args: argparse.Namespace, settings: Settings) -> int:
-    from services.runtime.stores import open_application
-
-    app = open_application(settings)
+    application = open_application(settings)
     try:
-        chain = chain_of(app.recorder)
+        chain = chain_of(application.recorder)
         first = chain.first_unsealed()
         if first is None:
             print("every event already has its hash; nothing to seal")
             return 0
-        total = app.head_position() - first + 1
+        total = application.head_position() - first + 1
         with Progress(total, label="seal", unit="events", enabled=not args.quiet) as bar:
             count = seal(chain, progress=bar.update)
     except ChainError as exc:
         print(f"dealtrail audit seal: {exc}", file=sys.stderr)
         return 1
     finally:
-        app.close()
+        application.close()
     print(f"sealed {count} event(s) from position {first}")
     return 0
 
 
 def _verify(args: argparse.Namespace, settings: Settings) -> int:
-    from services.runtime.stores import open_application
-
     try:
         trusted = trusted_keys(settings, args.public_key)
     except ValueError as exc:
         print(f"--public-key: {exc}", file=sys.stderr)
         return 2
-    app = open_application(settings)
+    application = open_application(settings)
     try:
-        head = app.head_position()
+        head = application.head_position()
         stop = head if args.to_position is None else min(args.to_position, head)
         total = max(0, stop - args.from_position + 1)
         with Progress(total, label="verify", unit="events", enabled=not args.quiet) as bar:
             report = verify_store(
-                chain_of(app.recorder),
+                chain_of(application.recorder),
                 start=args.from_position,
                 stop=args.to_position,
                 trusted=trusted,
                 progress=bar.update,
             )
     finally:
-        app.close()
+        application.close()
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     elif report.finding is not None:
@@ -129,14 +128,11 @@ def _verify_export(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _checkpoint(args: argparse.Namespace, settings: Settings) -> int:
-    from libs.application.app import utc_now
-    from services.runtime.stores import open_application
-
-    app = open_application(settings)
+    application = open_application(settings)
     try:
-        written = checkpoint_at(chain_of(app.recorder), settings.signer, 2**62, utc_now())
+        written = checkpoint_at(chain_of(application.recorder), settings.signer, 2**62, utc_now())
     finally:
-        app.close()
+        application.close()
     if written is None:
         print("no checkpoint written: the log is empty, unsealed, or its newest event has one")
         return 0
@@ -161,7 +157,7 @@ def _public_key(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(commands: SubCommands) -> None:
     """Add ``audit`` and its sub-commands to the ``dealtrail`` parser."""
     parser = commands.add_parser(
         "audit", help="seal, verify and checkpoint the hash-chained event log", description=__doc__

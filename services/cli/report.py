@@ -8,16 +8,18 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 from uuid import UUID
 
 from libs.application.app import utc_now
 from libs.domain.errors import InvalidInput
 from libs.domain.times import parse_moment
+from services.cli.arguments import SubCommands
 from services.projections.reading import ReadModels
+from services.projections.runner import Worker
 from services.reports import ReportContext, ReportError, ReportParams
 from services.reports.sales import REPORTS
 from services.runtime.settings import Settings
+from services.runtime.stores import open_stores
 
 
 def _moment(text: str) -> datetime:
@@ -28,9 +30,6 @@ def _moment(text: str) -> datetime:
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> str:
-    from services.projections.runner import Worker
-    from services.runtime.stores import open_stores
-
     params = ReportParams(args.pipeline_id, args.start, args.end, args.owner, args.team)
     async with open_stores(settings) as stores:
         worker = Worker(engine=stores.engine, source=stores.source, location=settings.store)
@@ -58,7 +57,7 @@ def _export_report(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def add_report_command(kinds: Any) -> None:
+def register(kinds: SubCommands) -> None:
     """Add ``report`` to the ``export`` sub-commands."""
     report = kinds.add_parser(
         "report",

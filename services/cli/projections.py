@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from libs.application.sql import setup_lock
+from services.cli.arguments import SubCommands
 from services.progress import Progress
 from services.projections.base import create_state_table
 from services.projections.parking import (
@@ -79,21 +80,12 @@ async def _rebuild(settings: Settings, names: list[str], batch_size: int, force:
     projections = projections_named(names)
     async with open_stores(settings) as stores:
         label = "rebuild " + ", ".join(p.name for p in projections)
-        bar = Progress(None, label=label, unit="events")
-        seen = 0
-
-        def report(done: int, total: int) -> None:
-            nonlocal seen
-            bar.total = total
-            bar.update(done - seen)
-            seen = done
-
-        with bar:
+        with Progress(None, label=label, unit="events") as bar:
             generations = await rebuild(
                 stores.engine,
                 stores.source,
                 projections,
-                progress=report,
+                progress=bar.advance_to,
                 batch_size=batch_size,
                 force=force,
             )
@@ -130,13 +122,8 @@ async def _retry(settings: Settings, name: str, position: int | None) -> RetryRe
         await create_state_table(stores.engine)
         await ensure_projection(stores.engine, projection)
         with Progress(None, label=f"retry {name}", unit="events") as bar:
-
-            def report(done: int, total: int) -> None:
-                bar.total = total
-                bar.update(done - bar.done)
-
             return await retry_parked(
-                stores.engine, stores.source, projection, position=position, progress=report
+                stores.engine, stores.source, projection, position=position, progress=bar.advance_to
             )
 
 
@@ -235,7 +222,7 @@ def _cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
         return 1
 
 
-def register(commands: Any) -> None:
+def register(commands: SubCommands) -> None:
     """Add ``projections`` and its sub-commands to the ``dealtrail`` parser."""
     known = ", ".join(p.name for p in all_projections())
     parser = commands.add_parser("projections", help="run, inspect or rebuild read models")

@@ -1,5 +1,7 @@
 """``dealtrail export events``: the event log as JSON Lines, for auditors and archives."""
 
+# ``dealtrail export report`` (services/cli/report.py) joins the group registered here.
+
 from __future__ import annotations
 
 import argparse
@@ -7,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from services.cli.arguments import SubCommands
 from services.exporter.events import export_bounds, export_to_path, write_events
 from services.progress import Progress
 from services.runtime.settings import Settings
@@ -21,15 +24,15 @@ def _position(text: str) -> int:
 
 
 def _export_events(args: argparse.Namespace, settings: Settings) -> int:
-    app = open_application(settings)
+    application = open_application(settings)
     try:
-        start, stop = export_bounds(app, args.from_position, args.to_position)
+        start, stop = export_bounds(application, args.from_position, args.to_position)
         total = max(0, stop - start + 1)
         with Progress(total, label="export events", unit="events", enabled=not args.quiet) as bar:
 
             def write(out: TextIO) -> int:
                 return write_events(
-                    app,
+                    application,
                     out,
                     from_position=start,
                     to_position=stop,
@@ -44,14 +47,14 @@ def _export_events(args: argparse.Namespace, settings: Settings) -> int:
     except BrokenPipeError:
         return 1
     finally:
-        app.close()
+        application.close()
     where = args.output if args.output and args.output != "-" else "standard output"
     print(f"exported {count} event(s), positions {start} to {stop}, to {where}", file=sys.stderr)
     return 0
 
 
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``export events`` to the ``dealtrail`` parser."""
+def register(commands: SubCommands) -> SubCommands:
+    """Add ``export events`` to the ``dealtrail`` parser; return the ``export`` group."""
     parser = commands.add_parser("export", help="export the event log", description=__doc__)
     kinds = parser.add_subparsers(dest="export_kind", required=True, metavar="WHAT")
     events = kinds.add_parser(
@@ -79,7 +82,4 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     events.add_argument("--quiet", action="store_true", help="no progress display")
     events.set_defaults(handler=_export_events)
-
-    from services.reports.cli import add_report_command
-
-    add_report_command(kinds)
+    return kinds
