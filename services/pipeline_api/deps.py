@@ -1,4 +1,5 @@
-"""Request dependencies: the runtime, the application, the current principal, If-Match."""
+"""Request dependencies: the runtime, the application, the read models, the query cache,
+the current principal, If-Match."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from libs.application.app import DealtrailApplication
 from libs.domain.actors import Actor
 from services.pipeline_api.errors import ApiError
 from services.pipeline_api.query_cache import QueryCache
+from services.projections.reading import ReadModels
 from services.runtime.bootstrap import Runtime
 
 _ETAG_RE = re.compile(r'^\s*(?:W/)?"?(\d{1,12})"?\s*$')
@@ -45,7 +47,17 @@ async def get_application(runtime: ReachableRuntime) -> DealtrailApplication:
     return runtime.application
 
 
-PipelineApp = Annotated[DealtrailApplication, Depends(get_application)]
+ApplicationDep = Annotated[DealtrailApplication, Depends(get_application)]
+
+
+async def get_read_models(runtime: ReachableRuntime) -> ReadModels:
+    models: ReadModels | None = getattr(runtime, "read_models", None)
+    if models is None:
+        raise ApiError(503, "read models are not available", code="starting")
+    return models
+
+
+ReadModelsDep = Annotated[ReadModels, Depends(get_read_models)]
 
 
 async def get_query_cache(request: Request, _runtime: RuntimeDep) -> QueryCache:

@@ -129,32 +129,32 @@ def allowed_methods(request: Request) -> list[str]:
     return allowed
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(api: FastAPI) -> None:
     """Register the handlers that give every failure the one JSON error shape."""
 
-    @app.exception_handler(DomainError)
+    @api.exception_handler(DomainError)
     async def domain_error(_: Request, exc: DomainError) -> JSONResponse:
         return error_response(STATUS_BY_KIND.get(exc.kind, 409), exc.code, exc.message, exc.details)
 
-    @app.exception_handler(ApiError)
+    @api.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
 
-    @app.exception_handler(ReportError)
+    @api.exception_handler(ReportError)
     async def report_error(_: Request, exc: ReportError) -> JSONResponse:
         code = "not_found" if exc.status == 404 else "invalid_input"
         return error_response(exc.status, code, exc.message, {"field": exc.field})
 
-    @app.exception_handler(ReadModelUnavailable)
+    @api.exception_handler(ReadModelUnavailable)
     async def read_model_unavailable(_: Request, exc: ReadModelUnavailable) -> JSONResponse:
         return error_response(503, exc.code, exc.message, exc.details, {"Retry-After": "1"})
 
-    @app.exception_handler(RequestValidationError)
+    @api.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         message, details = _validation_details(exc)
         return error_response(422, "invalid_input", message, details)
 
-    @app.exception_handler(StarletteHTTPException)
+    @api.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = CODE_BY_STATUS.get(exc.status_code, "error")
         headers = dict(exc.headers or {})
@@ -190,9 +190,9 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     for exc_type in (StoreOperationalError, StoreInterfaceError, DBAPIError, OSError):
-        app.add_exception_handler(exc_type, store_unavailable)
+        api.add_exception_handler(exc_type, store_unavailable)
 
-    @app.exception_handler(Exception)
+    @api.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error", exc_info=exc)
         return error_response(500, "internal_error", "unexpected error; it has been logged")

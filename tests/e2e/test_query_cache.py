@@ -17,7 +17,7 @@ import httpx
 
 from libs.domain.values import format_money
 from services.pipeline_api.query_cache import TIME_BOUND_SECONDS, QueryCache
-from services.pipeline_api.readmodels import encode_cursor
+from services.pipeline_api.query_params import encode_cursor
 from services.pipeline_api.routers.deal_queries import deal_view
 from services.projections import current_pipeline
 from services.projections.current_pipeline import DealFilter

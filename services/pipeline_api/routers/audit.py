@@ -7,14 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from services.pipeline_api.deps import CurrentPrincipal
+from services.pipeline_api.deps import CurrentPrincipal, ReadModelsDep
 from services.pipeline_api.errors import ERROR_RESPONSES
-from services.pipeline_api.readmodels import (
-    CursorParam,
-    MinPosition,
-    ReadModelsDep,
-    position_cursor,
-)
+from services.pipeline_api.query_params import CursorParam, MinPosition, position_cursor
 from services.pipeline_api.routers.deal_queries import MAX_PAGE, history_view, page_of
 from services.pipeline_api.schemas import FilterText, Moment
 from services.projections import audit_history

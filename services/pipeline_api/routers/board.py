@@ -12,10 +12,10 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from libs.domain.values import format_money
-from services.pipeline_api.deps import CurrentPrincipal, QueryCacheDep, RuntimeDep
+from services.pipeline_api.deps import CurrentPrincipal, QueryCacheDep, ReadModelsDep, RuntimeDep
 from services.pipeline_api.errors import ERROR_RESPONSES, ApiError
 from services.pipeline_api.query_cache import Computed, FreshAnswer, json_body
-from services.pipeline_api.readmodels import MinPosition, ReadModelsDep, deal_cursor_after
+from services.pipeline_api.query_params import MinPosition, deal_cursor_after
 from services.pipeline_api.routers.deal_queries import deal_view
 from services.pipeline_api.schemas import Moment
 from services.projections import current_pipeline

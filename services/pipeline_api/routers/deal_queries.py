@@ -11,12 +11,11 @@ from fastapi.responses import JSONResponse
 
 from libs.application.records import to_json_value
 from libs.domain.values import format_money
-from services.pipeline_api.deps import CurrentPrincipal, RuntimeDep
+from services.pipeline_api.deps import CurrentPrincipal, ReadModelsDep, RuntimeDep
 from services.pipeline_api.errors import ERROR_RESPONSES, ApiError
-from services.pipeline_api.readmodels import (
+from services.pipeline_api.query_params import (
     CursorParam,
     MinPosition,
-    ReadModelsDep,
     deal_cursor,
     deal_cursor_after,
     encode_cursor,

@@ -11,9 +11,9 @@ from starlette.concurrency import run_in_threadpool
 
 from libs.application.app import CommandResult
 from services.pipeline_api.deps import (
+    ApplicationDep,
     CurrentPrincipal,
     ExpectedVersion,
-    PipelineApp,
 )
 from services.pipeline_api.errors import ERROR_RESPONSES
 from services.pipeline_api.idempotency import IdempotencyKey
@@ -48,11 +48,11 @@ async def _run(command: Callable[[], CommandResult], response: Response) -> dict
     dependencies=[IdempotencyKey],
 )
 async def create_deal(
-    body: DealCreate, app: PipelineApp, principal: CurrentPrincipal, response: Response
+    body: DealCreate, application: ApplicationDep, principal: CurrentPrincipal, response: Response
 ) -> dict[str, Any]:
     """Open a deal; reps may only open deals they own."""
     return await _run(
-        lambda: app.create_deal(
+        lambda: application.create_deal(
             actor=principal,
             pipeline_id=body.pipeline_id,
             title=body.title,
@@ -76,14 +76,14 @@ async def create_deal(
 async def advance_deal(
     deal_id: UUID,
     body: DealAdvance,
-    app: PipelineApp,
+    application: ApplicationDep,
     principal: CurrentPrincipal,
     version: ExpectedVersion,
     response: Response,
 ) -> dict[str, Any]:
     """Move the deal to another stage of its pipeline (backwards is allowed)."""
     return await _run(
-        lambda: app.advance_deal(
+        lambda: application.advance_deal(
             deal_id,
             actor=principal,
             stage=body.stage,
@@ -98,7 +98,7 @@ async def advance_deal(
 @router.post("/{deal_id}/win", response_model=DealCommandResponse, dependencies=[IdempotencyKey])
 async def win_deal(
     deal_id: UUID,
-    app: PipelineApp,
+    application: ApplicationDep,
     principal: CurrentPrincipal,
     version: ExpectedVersion,
     response: Response,
@@ -107,7 +107,7 @@ async def win_deal(
     """Close the deal as won."""
     occurred_at = body.occurred_at if body else None
     return await _run(
-        lambda: app.win_deal(
+        lambda: application.win_deal(
             deal_id, actor=principal, occurred_at=occurred_at, expected_version=version
         ),
         response,
@@ -118,14 +118,14 @@ async def win_deal(
 async def lose_deal(
     deal_id: UUID,
     body: DealLose,
-    app: PipelineApp,
+    application: ApplicationDep,
     principal: CurrentPrincipal,
     version: ExpectedVersion,
     response: Response,
 ) -> dict[str, Any]:
     """Close the deal as lost, with one of the pipeline's reasons and an optional note."""
     return await _run(
-        lambda: app.lose_deal(
+        lambda: application.lose_deal(
             deal_id,
             actor=principal,
             reason=body.reason,
@@ -140,7 +140,7 @@ async def lose_deal(
 @router.post("/{deal_id}/reopen", response_model=DealCommandResponse, dependencies=[IdempotencyKey])
 async def reopen_deal(
     deal_id: UUID,
-    app: PipelineApp,
+    application: ApplicationDep,
     principal: CurrentPrincipal,
     version: ExpectedVersion,
     response: Response,
@@ -151,7 +151,7 @@ async def reopen_deal(
     note = body.note if body else None
     occurred_at = body.occurred_at if body else None
     return await _run(
-        lambda: app.reopen_deal(
+        lambda: application.reopen_deal(
             deal_id,
             actor=principal,
             stage=stage,
@@ -167,14 +167,14 @@ async def reopen_deal(
 async def update_deal(
     deal_id: UUID,
     body: DealPatch,
-    app: PipelineApp,
+    application: ApplicationDep,
     principal: CurrentPrincipal,
     version: ExpectedVersion,
     response: Response,
 ) -> dict[str, Any]:
     """Change title, value, expected close date or owner; unchanged fields record nothing."""
     return await _run(
-        lambda: app.update_deal(
+        lambda: application.update_deal(
             deal_id,
             actor=principal,
             fields=body.changed_fields(),
@@ -189,14 +189,14 @@ async def update_deal(
 async def move_deal(
     deal_id: UUID,
     body: DealMove,
-    app: PipelineApp,
+    application: ApplicationDep,
     principal: CurrentPrincipal,
     version: ExpectedVersion,
     response: Response,
 ) -> dict[str, Any]:
     """Move the deal into another pipeline (one event); its earlier history stays with it."""
     return await _run(
-        lambda: app.move_deal(
+        lambda: application.move_deal(
             deal_id,
             actor=principal,
             pipeline_id=body.pipeline_id,
@@ -213,14 +213,14 @@ async def move_deal(
 async def snooze_deal(
     deal_id: UUID,
     body: DealSnooze,
-    app: PipelineApp,
+    application: ApplicationDep,
     principal: CurrentPrincipal,
     version: ExpectedVersion,
     response: Response,
 ) -> dict[str, Any]:
     """Keep the deal off the stale list until `until` (recorded as an event with the reason)."""
     return await _run(
-        lambda: app.snooze_deal(
+        lambda: application.snooze_deal(
             deal_id,
             actor=principal,
             until=body.until,

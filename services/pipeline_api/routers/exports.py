@@ -10,9 +10,9 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from services.exporter.events import EventExport, export_bounds
-from services.pipeline_api.deps import CurrentPrincipal, PipelineApp, RuntimeDep
+from services.pipeline_api.deps import ApplicationDep, CurrentPrincipal, RuntimeDep
 from services.pipeline_api.errors import ERROR_RESPONSES
-from services.pipeline_api.readmodels import MAX_POSITION
+from services.pipeline_api.query_params import MAX_POSITION
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=ERROR_RESPONSES)
 
@@ -36,7 +36,7 @@ async def _stream(export: EventExport) -> AsyncIterator[bytes]:
     },
 )
 async def export_events(
-    app: PipelineApp,
+    application: ApplicationDep,
     runtime: RuntimeDep,
     principal: CurrentPrincipal,
     from_position: Annotated[
@@ -60,9 +60,9 @@ async def export_events(
     header names the last position included, so the next export can start right after it.
     """
     principal.check_may_read_audit()
-    start, stop = await run_in_threadpool(export_bounds, app, from_position, to_position)
+    start, stop = await run_in_threadpool(export_bounds, application, from_position, to_position)
     export = await run_in_threadpool(
-        lambda: EventExport(app, start, stop, signer=runtime.settings.signer)
+        lambda: EventExport(application, start, stop, signer=runtime.settings.signer)
     )
     headers = {
         "Export-From-Position": str(start),

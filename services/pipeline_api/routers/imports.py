@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from libs.application.importing import ImportAborted
 from libs.domain.errors import Forbidden
 from services.importer.generic import COLUMNS, import_deals_text
-from services.pipeline_api.deps import CurrentPrincipal, PipelineApp
+from services.pipeline_api.deps import ApplicationDep, CurrentPrincipal
 from services.pipeline_api.errors import ERROR_RESPONSES, ApiError
 from services.pipeline_api.idempotency import IdempotencyKey
 from services.pipeline_api.limits import CSV_TYPES
@@ -62,7 +62,7 @@ class ImportReportPublic(BaseModel):
 )
 async def import_deals(
     request: Request,
-    app: PipelineApp,
+    application: ApplicationDep,
     principal: CurrentPrincipal,
     strict: Annotated[bool, Query(description="Import nothing (422) if any row is bad")] = False,
     pipeline: Annotated[
@@ -93,7 +93,7 @@ async def import_deals(
     try:
         report = await run_in_threadpool(
             import_deals_text,
-            app,
+            application,
             text,
             name=UPLOAD_NAME,
             actor=principal,

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from libs.application.integrity import chain_of, verify_store
-from services.pipeline_api.deps import CurrentPrincipal, PipelineApp, RuntimeDep
+from services.pipeline_api.deps import ApplicationDep, CurrentPrincipal, RuntimeDep
 from services.pipeline_api.errors import ERROR_RESPONSES, ApiError
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=ERROR_RESPONSES)
@@ -23,7 +23,7 @@ _verifying = threading.Lock()
 
 @router.get("/verify")
 async def verify_log(
-    app: PipelineApp,
+    application: ApplicationDep,
     runtime: RuntimeDep,
     principal: CurrentPrincipal,
     from_position: Annotated[
@@ -59,7 +59,10 @@ async def verify_log(
         trusted = [signer.public_key] if signer is not None else []
         report = await run_in_threadpool(
             lambda: verify_store(
-                chain_of(app.recorder), start=from_position, stop=to_position, trusted=trusted
+                chain_of(application.recorder),
+                start=from_position,
+                stop=to_position,
+                trusted=trusted,
             )
         )
     finally:

@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
-from services.pipeline_api.deps import CurrentPrincipal, PipelineApp, RuntimeDep
+from services.pipeline_api.deps import ApplicationDep, CurrentPrincipal, ReadModelsDep, RuntimeDep
 from services.pipeline_api.errors import ERROR_RESPONSES
 from services.pipeline_api.idempotency import IdempotencyKey
-from services.pipeline_api.readmodels import MinPosition, ReadModelsDep
+from services.pipeline_api.query_params import MinPosition
 from services.pipeline_api.schemas import OwnerTeam
 from services.projections import analytics
 
@@ -21,13 +21,13 @@ router = APIRouter(prefix="/v1/owners", tags=["owners"], responses=ERROR_RESPONS
 async def set_team(
     owner: str,
     body: OwnerTeam,
-    app: PipelineApp,
+    application: ApplicationDep,
     principal: CurrentPrincipal,
     response: Response,
 ) -> dict[str, Any]:
     """Set an owner's team and region from `occurred_at` on (admins only)."""
     result = await run_in_threadpool(
-        lambda: app.assign_team(
+        lambda: application.assign_team(
             actor=principal,
             owner=owner,
             team=body.team,

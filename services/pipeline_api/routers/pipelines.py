@@ -19,13 +19,13 @@ from libs.application.app import CommandResult
 from libs.domain.pipeline import Pipeline, default_template
 from libs.domain.values import UNSET
 from services.pipeline_api.deps import (
+    ApplicationDep,
     CurrentPrincipal,
     ExpectedVersion,
-    PipelineApp,
+    ReadModelsDep,
 )
 from services.pipeline_api.errors import ERROR_RESPONSES
 from services.pipeline_api.idempotency import IdempotencyKey
-from services.pipeline_api.readmodels import ReadModelsDep
 from services.pipeline_api.schemas import (
     LostReasonIn,
     PipelineCreate,
@@ -49,7 +49,10 @@ router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"], responses=ERROR_R
     dependencies=[IdempotencyKey],
 )
 async def create_pipeline(
-    body: PipelineCreate, app: PipelineApp, principal: CurrentPrincipal, response: Response
+    body: PipelineCreate,
+    application: ApplicationDep,
+    principal: CurrentPrincipal,
+    response: Response,
 ) -> dict[str, Any]:
     """Define a pipeline (admins and managers)."""
     template = default_template()
@@ -60,7 +63,7 @@ async def create_pipeline(
     )
     reasons = body.lost_reasons if body.lost_reasons is not None else template["lost_reasons"]
     result = await run_in_threadpool(
-        lambda: app.define_pipeline(
+        lambda: application.define_pipeline(
             actor=principal,
             name=body.name,
             currency=body.currency,
@@ -78,21 +81,23 @@ async def create_pipeline(
 
 
 @router.get("", response_model=PipelinesPublic)
-async def list_pipelines(app: PipelineApp, principal: CurrentPrincipal) -> dict[str, Any]:
+async def list_pipelines(
+    application: ApplicationDep, principal: CurrentPrincipal
+) -> dict[str, Any]:
     """All pipelines, oldest first."""
 
     def load() -> list[dict[str, Any]]:
-        return [app.get_pipeline(pid).as_dict() for pid in app.pipeline_ids()]
+        return [application.get_pipeline(pid).as_dict() for pid in application.pipeline_ids()]
 
     return {"data": await run_in_threadpool(load)}
 
 
 @router.get("/{pipeline_id}", response_model=PipelinePublic)
 async def get_pipeline(
-    pipeline_id: UUID, app: PipelineApp, principal: CurrentPrincipal, response: Response
+    pipeline_id: UUID, application: ApplicationDep, principal: CurrentPrincipal, response: Response
 ) -> dict[str, Any]:
     """One pipeline's current definition."""
-    pipeline = await run_in_threadpool(app.get_pipeline, pipeline_id)
+    pipeline = await run_in_threadpool(application.get_pipeline, pipeline_id)
     response.headers["ETag"] = f'"{pipeline.version}"'
     return pipeline.as_dict()
 
@@ -101,7 +106,7 @@ PipelineChange = Callable[[Pipeline, datetime, datetime], None]
 
 
 async def _change(
-    app: PipelineApp,
+    application: ApplicationDep,
     pipeline_id: UUID,
     principal: CurrentPrincipal,
     version: int | None,
@@ -110,7 +115,7 @@ async def _change(
     response: Response,
 ) -> dict[str, Any]:
     result: CommandResult = await run_in_threadpool(
-        lambda: app.change_pipeline(
+        lambda: application.change_pipeline(
             pipeline_id,
             actor=principal,
             expected_version=version,
@@ -130,7 +135,7 @@ def _given(model: Any, name: str) -> Any:
 async def change_pipeline(
     pipeline_id: UUID,
     body: PipelinePatch,
-    app: PipelineApp,
+    application: ApplicationDep,
     principal: CurrentPrincipal,
     version: ExpectedVersion,
     response: Response,
@@ -147,7 +152,9 @@ async def change_pipeline(
         if any(v is not UNSET for v in rules.values()) or "name" not in body.model_fields_set:
             p.change_rules(**rules, actor=principal.name, occurred_at=when, now=now)
 
-    return await _change(app, pipeline_id, principal, version, body.occurred_at, change, response)
+    return await _change(
+        application, pipeline_id, principal, version, body.occurred_at, change, response
+    )
 
 
 @router.post(
@@ -159,7 +166,7 @@ async def change_pipeline(
 async def add_stage(
     pipeline_id: UUID,
     body: StageCreate,
-    app: PipelineApp,
+    application: ApplicationDep,
     principal: CurrentPrincipal,
     version: ExpectedVersion,
     response: Response,
@@ -179,7 +186,9 @@ async def add_stage(
             now=now,
         )
 
-    return await _change(app, pipeline_id, principal, version, body.occurred_at, change, response)
+    return await _change(
+        application, pipeline_id, principal, version, body.occurred_at, change, response
+    )
 
 
 @router.patch(
@@ -191,7 +200,7 @@ async def change_stage(
     pipeline_id: UUID,
     stage_id: str,
     body: StagePatch,
-    app: PipelineApp,
+    application: ApplicationDep,
     principal: CurrentPrincipal,
     version: ExpectedVersion,
     response: Response,
@@ -207,7 +216,9 @@ async def change_stage(
         if any(v is not UNSET for v in fields.values()) or "name" not in body.model_fields_set:
             p.update_stage(stage_id, **fields, actor=principal.name, occurred_at=when, now=now)
 
-    return await _change(app, pipeline_id, principal, version, body.occurred_at, change, response)
+    return await _change(
+        application, pipeline_id, principal, version, body.occurred_at, change, response
+    )
 
 
 @router.put(
@@ -216,7 +227,7 @@ async def change_stage(
 async def reorder_stages(
     pipeline_id: UUID,
     body: StageOrder,
-    app: PipelineApp,
+    application: ApplicationDep,
     principal: CurrentPrincipal,
     version: ExpectedVersion,
     response: Response,
@@ -226,7 +237,9 @@ async def reorder_stages(
     def change(p: Pipeline, when: datetime, now: datetime) -> None:
         p.reorder_stages(body.stage_order, actor=principal.name, occurred_at=when, now=now)
 
-    return await _change(app, pipeline_id, principal, version, body.occurred_at, change, response)
+    return await _change(
+        application, pipeline_id, principal, version, body.occurred_at, change, response
+    )
 
 
 @router.post(
@@ -238,7 +251,7 @@ async def reorder_stages(
 async def add_lost_reason(
     pipeline_id: UUID,
     body: LostReasonIn,
-    app: PipelineApp,
+    application: ApplicationDep,
     principal: CurrentPrincipal,
     version: ExpectedVersion,
     response: Response,
@@ -248,7 +261,9 @@ async def add_lost_reason(
     def change(p: Pipeline, when: datetime, now: datetime) -> None:
         p.add_lost_reason(body.reason, actor=principal.name, occurred_at=when, now=now)
 
-    return await _change(app, pipeline_id, principal, version, body.occurred_at, change, response)
+    return await _change(
+        application, pipeline_id, principal, version, body.occurred_at, change, response
+    )
 
 
 @router.delete(
@@ -259,7 +274,7 @@ async def add_lost_reason(
 async def retire_lost_reason(
     pipeline_id: UUID,
     reason: str,
-    app: PipelineApp,
+    application: ApplicationDep,
     principal: CurrentPrincipal,
     version: ExpectedVersion,
     response: Response,
@@ -269,7 +284,7 @@ async def retire_lost_reason(
     def change(p: Pipeline, when: datetime, now: datetime) -> None:
         p.retire_lost_reason(reason, actor=principal.name, occurred_at=when, now=now)
 
-    return await _change(app, pipeline_id, principal, version, None, change, response)
+    return await _change(application, pipeline_id, principal, version, None, change, response)
 
 
 SWEEP_ROUNDS = 3
@@ -283,7 +298,7 @@ SWEEP_ROUNDS = 3
 async def remove_stage(
     pipeline_id: UUID,
     stage_id: str,
-    app: PipelineApp,
+    application: ApplicationDep,
     models: ReadModelsDep,
     principal: CurrentPrincipal,
     version: ExpectedVersion,
@@ -298,7 +313,7 @@ async def remove_stage(
     stage's history stays in every report, marked as removed.
     """
     principal.check_may_manage_pipelines()
-    pipeline = await run_in_threadpool(app.get_pipeline, pipeline_id)
+    pipeline = await run_in_threadpool(application.get_pipeline, pipeline_id)
     target = pipeline.stage(stage_id)
 
     async def open_deals_in_stage(at_least: int) -> list[str]:
@@ -315,10 +330,10 @@ async def remove_stage(
                     return ids
                 after = (rows[-1]["created_at"], rows[-1]["deal_id"])
 
-    head = await run_in_threadpool(app.head_position)
+    head = await run_in_threadpool(application.head_position)
     candidates = await open_deals_in_stage(head)
     result: CommandResult = await run_in_threadpool(
-        lambda: app.remove_stage(
+        lambda: application.remove_stage(
             pipeline_id,
             target.id,
             actor=principal,
@@ -334,15 +349,15 @@ async def remove_stage(
         if destination is None:
             break
         await asyncio.sleep(0)
-        stranded = await open_deals_in_stage(await run_in_threadpool(app.head_position))
+        stranded = await open_deals_in_stage(await run_in_threadpool(application.head_position))
         if not stranded:
             break
         await run_in_threadpool(
-            lambda ids=stranded: app.move_stranded_deals(  # type: ignore[misc]
+            lambda ids=stranded: application.move_stranded_deals(  # type: ignore[misc]
                 pipeline_id, target.id, str(destination), ids, actor=principal
             )
         )
-        position = await run_in_threadpool(app.head_position)
+        position = await run_in_threadpool(application.head_position)
     response.headers["ETag"] = f'"{result.version}"'
     state = {k: v for k, v in result.state.items() if k != "moved_to"}
     return {**state, "position": position}

@@ -9,10 +9,10 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import Response
 
-from services.pipeline_api.deps import CurrentPrincipal, QueryCacheDep, RuntimeDep
+from services.pipeline_api.deps import CurrentPrincipal, QueryCacheDep, ReadModelsDep, RuntimeDep
 from services.pipeline_api.errors import ERROR_RESPONSES, ApiError
 from services.pipeline_api.query_cache import Computed, FreshAnswer, TimeUse, json_body
-from services.pipeline_api.readmodels import MinPosition, ReadModelsDep
+from services.pipeline_api.query_params import MinPosition
 from services.pipeline_api.schemas import FilterText, Moment
 from services.reports import ReportContext, ReportFn, ReportParams
 from services.reports.sales import NEEDS_PIPELINE, REPORTS

@@ -1,4 +1,4 @@
-"""Query-side dependencies: the read models, ``min_position`` and opaque cursors."""
+"""Query parameters: ``min_position`` and the opaque cursors of paginated answers."""
 
 from __future__ import annotations
 
@@ -9,23 +9,11 @@ from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import Depends, Query
+from fastapi import Query
 
 from libs.domain.errors import InvalidInput
 from libs.domain.times import parse_moment
-from services.pipeline_api.deps import ReachableRuntime
 from services.pipeline_api.errors import ApiError
-from services.projections.reading import ReadModels
-
-
-async def get_read_models(runtime: ReachableRuntime) -> ReadModels:
-    models: ReadModels | None = getattr(runtime, "read_models", None)
-    if models is None:
-        raise ApiError(503, "read models are not available", code="starting")
-    return models
-
-
-ReadModelsDep = Annotated[ReadModels, Depends(get_read_models)]
 
 # Positions are PostgreSQL bigints; anything larger cannot name an event.
 MAX_POSITION = 2**63 - 1
