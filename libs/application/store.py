@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 SQLITE, POSTGRES = "sqlite", "postgresql"
@@ -93,6 +94,16 @@ class StoreLocation:
         if self.schema:
             env["POSTGRES_SCHEMA"] = self.schema
         return env
+
+    def psycopg_params(self) -> dict[str, Any]:
+        """Keyword arguments of ``psycopg.connect`` for this PostgreSQL database."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "password": self.password or None,
+            "dbname": self.dbname,
+        }
 
     def sqlalchemy_url(self) -> str:
         """URL of the async read side: aiosqlite or asyncpg on the same database."""

@@ -20,7 +20,7 @@ from libs.application.integrity import (
     verify_store,
 )
 from libs.chain_verifier import describe, load_public_key, verify_export
-from services.cli.arguments import SubCommands
+from services.cli.arguments import SubCommands, export_file_keys
 from services.progress import Progress
 from services.runtime.settings import Settings
 from services.runtime.stores import open_application
@@ -99,14 +99,9 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _verify_export(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        trusted = [load_public_key(k) for k in args.public_key]
-    except ValueError as exc:
-        print(f"--public-key: {exc}", file=sys.stderr)
-        return 2
     path: Path = args.file
-    if not path.is_file():
-        print(f"dealtrail audit verify-export: no such file: {path}", file=sys.stderr)
+    trusted = export_file_keys("audit verify-export", path, args.public_key)
+    if trusted is None:
         return 2
     with path.open(encoding="utf-8", errors="strict") as lines:
         try:

@@ -19,9 +19,9 @@ from libs.application.importing import (
     ImportReport,
 )
 from libs.application.integrity import ChainError
-from libs.chain_verifier import Malformed, load_public_key
+from libs.chain_verifier import Malformed
 from libs.domain.actors import Actor, Role
-from services.cli.arguments import SubCommands, day_start, positive_int
+from services.cli.arguments import SubCommands, day_start, export_file_keys, positive_int
 from services.importer import crm, events, generic
 from services.importer.common import read_csv_file
 from services.progress import Progress
@@ -177,14 +177,9 @@ async def _restore(settings: Settings, path: Path, trusted: list[bytes], quiet: 
 
 
 def _events(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        trusted = [load_public_key(k) for k in args.public_key]
-    except ValueError as exc:
-        print(f"--public-key: {exc}", file=sys.stderr)
-        return 2
     path: Path = args.file
-    if not path.is_file():
-        print(f"dealtrail import events: no such file: {path}", file=sys.stderr)
+    trusted = export_file_keys("import events", path, args.public_key)
+    if trusted is None:
         return 2
     try:
         count = asyncio.run(_restore(settings, path, trusted, args.quiet))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -22,6 +22,9 @@ from services.runtime.stores import Stores, connect_stores
 log = logging.getLogger("dealtrail")
 
 SERVICE_POOL_SIZE = 10  # read-side connections of one service process
+BACKGROUND_STOP_SECONDS = 10  # how long shutdown waits for a background task to stop
+
+Stopper = Callable[[], Awaitable[None]]
 
 
 @dataclass
@@ -37,7 +40,7 @@ class Runtime:
     breaker: StoreBreaker
     worker: Worker | None = None
     generated_admin_token: str | None = None
-    background: list[Any] = field(default_factory=list)
+    background: list[Stopper] = field(default_factory=list)
 
     async def aclose(self) -> None:
         for stopper in reversed(self.background):
@@ -87,15 +90,7 @@ def start_embedded_worker(runtime: Runtime, worker: Worker) -> None:
     task = asyncio.create_task(worker.run(), name="projection-worker")
     runtime.worker = worker
     runtime.application.on_saved.append(lambda _position: worker.poke())
-
-    async def stop() -> None:
-        worker.stop()
-        try:
-            await asyncio.wait_for(task, timeout=10)
-        except (TimeoutError, asyncio.CancelledError):
-            task.cancel()
-
-    runtime.background.append(stop)
+    runtime.background.append(_stopper(worker.stop, task))
     start_checkpointer(runtime)
 
 
@@ -110,12 +105,17 @@ def start_checkpointer(runtime: Runtime) -> None:
     """Checkpoints are written beside the projection worker (see services/audit)."""
     checkpointer = checkpointer_for(runtime.settings, runtime.application, runtime.clock)
     task = asyncio.create_task(checkpointer.run(), name="checkpointer")
+    runtime.background.append(_stopper(checkpointer.stop, task))
 
-    async def stop() -> None:
-        checkpointer.stop()
+
+def _stopper(stop: Callable[[], None], task: asyncio.Task[None]) -> Stopper:
+    """Asks a background task to stop, then waits for it (cancelling it after a while)."""
+
+    async def stopped() -> None:
+        stop()
         try:
-            await asyncio.wait_for(task, timeout=10)
+            await asyncio.wait_for(task, timeout=BACKGROUND_STOP_SECONDS)
         except (TimeoutError, asyncio.CancelledError):
             task.cancel()
 
-    runtime.background.append(stop)
+    return stopped

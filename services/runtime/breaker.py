@@ -42,16 +42,9 @@ class StoreBreaker:
             return True
         import psycopg
 
-        loc = self.location
+        params = self.location.psycopg_params()
         try:
-            with psycopg.connect(
-                host=loc.host,
-                port=loc.port,
-                user=loc.user,
-                password=loc.password or None,
-                dbname=loc.dbname,
-                connect_timeout=PROBE_TIMEOUT_SECONDS,
-            ) as conn:
+            with psycopg.connect(**params, connect_timeout=PROBE_TIMEOUT_SECONDS) as conn:
                 conn.execute("SELECT 1")
         except psycopg.Error:
             return False

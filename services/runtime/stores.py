@@ -34,15 +34,7 @@ def _create_pg_schema(settings: Settings) -> None:
     import psycopg
 
     loc = settings.store
-    with psycopg.connect(
-        host=loc.host,
-        port=loc.port,
-        user=loc.user,
-        password=loc.password or None,
-        dbname=loc.dbname,
-        autocommit=True,
-        connect_timeout=5,
-    ) as conn:
+    with psycopg.connect(**loc.psycopg_params(), autocommit=True, connect_timeout=5) as conn:
         conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{loc.schema}"')
 
 
