@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -18,8 +17,6 @@ from services.runtime.breaker import StoreBreaker
 from services.runtime.keys import KeyRing, build_keyring
 from services.runtime.settings import Settings
 from services.runtime.stores import Stores, connect_stores
-
-log = logging.getLogger("dealtrail")
 
 SERVICE_POOL_SIZE = 10  # read-side connections of one service process
 BACKGROUND_STOP_SECONDS = 10  # how long shutdown waits for a background task to stop
