@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
@@ -185,6 +186,7 @@ class Pipeline(Aggregate):
         allow_skipping_stages: bool = True,
         allow_moving_back: bool = True,
         stale_after_days: int | None = None,
+        id: UUID | None = None,  # the library's way to choose the id; not in the event
     ) -> None:
         self.name = name
         self.currency = currency
@@ -213,8 +215,13 @@ class Pipeline(Aggregate):
         allow_skipping_stages: Any = True,
         allow_moving_back: Any = True,
         stale_after_days: Any = None,
+        pipeline_id: UUID | None = None,
     ) -> Pipeline:
-        """Check a definition and create the pipeline from it."""
+        """Check a definition and create the pipeline from it.
+
+        ``pipeline_id`` chooses the new pipeline's id (generated data keeps its ids from
+        run to run); without it the id is random.
+        """
         checked_name = check_text(name, "name", max_length=MAX_NAME_LENGTH)
         checked_currency = check_currency(currency)
         checked_stages = check_stages(stages)
@@ -230,6 +237,7 @@ class Pipeline(Aggregate):
             allow_skipping_stages=_check_flag(allow_skipping_stages, "allow_skipping_stages"),
             allow_moving_back=_check_flag(allow_moving_back, "allow_moving_back"),
             stale_after_days=check_rotting_days(stale_after_days, "stale_after_days"),
+            id=pipeline_id,
         )
 
     # --- queries used by the Deal's rules -------------------------------------------
