@@ -25,13 +25,13 @@ from typing import Final
 from uuid import UUID, uuid5
 
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.domain import Aggregate
 
 from libs.application.app import DealtrailApplication
-from libs.application.importing import DEFAULT_BATCH_SIZE, define_pipeline_with_id
+from libs.application.handlers import handle, pipeline_defined_by
+from libs.application.importing import DEFAULT_BATCH_SIZE
 from libs.domain.actors import Actor, Role
+from libs.domain.commands import AssignTeam, DefinePipeline, RecordHistory
 from libs.domain.deal import OPEN, Deal
-from libs.domain.owner import Owner, owner_id_for
 from libs.domain.pipeline import DEFAULT_LOST_REASONS, Pipeline
 
 DEMO_NAMESPACE: Final = UUID("3d0b8f7e-9c41-4a55-b2f3-51c0a7e9d2c6")
@@ -187,19 +187,22 @@ class _World:
     def __init__(self, rng: random.Random, seed: int, start: datetime, now: datetime) -> None:
         self.rng = rng
         self.pipelines: list[tuple[PipelineSpec, Pipeline]] = []
+        self.definitions: list[DefinePipeline] = []
         for spec in PIPELINES:
-            pipeline = define_pipeline_with_id(
-                demo_pipeline_id(seed, spec.name),
+            definition = DefinePipeline(
+                actor=SETUP_ACTOR,
+                pipeline_id=demo_pipeline_id(seed, spec.name),
                 name=spec.name,
                 currency=spec.currency,
                 stages=[
                     {"name": n, "probability": p, "rotting_days": r} for n, p, r in spec.stages
                 ],
                 lost_reasons=list(spec.lost_reasons),
-                actor=SETUP_ACTOR,
                 occurred_at=start - timedelta(days=7),
-                now=now,
             )
+            # The deals walk through the pipeline as the definition will store it.
+            pipeline = pipeline_defined_by(definition, start - timedelta(days=7), now)
+            self.definitions.append(definition)
             self.pipelines.append((spec, pipeline))
         self.weights = [spec.weight for spec in PIPELINES]
         names = [f"{f} {last}" for f in FIRST_NAMES for last in LAST_NAMES]
@@ -221,11 +224,9 @@ def _setup_owners(
     rng: random.Random,
     start: datetime,
     end: datetime,
-    now: datetime,
-) -> list[Aggregate]:
+) -> list[AssignTeam]:
     """Register the reps; three of them move to another team during the period."""
-    SETUP_ACTOR.check_may_manage_teams()
-    owners: list[Aggregate] = []
+    commands: list[AssignTeam] = []
     movers = rng.sample(world.reps, 3)
     moves = []
     for rep in movers:
@@ -233,33 +234,19 @@ def _setup_owners(
         when = start + (end - start) * (0.3 + 0.4 * rng.random())
         moves.append((rep, target, when))
     for rep in world.reps:
-        try:
-            app.repository.get(owner_id_for(rep.name))
-        except AggregateNotFoundError:
-            pass
-        else:
+        if app.get_owner(rep.name) is not None:
             continue  # already known (another seed's demo data): leave as it is
-        team, region, _ = TEAMS[rep.team]
-        owner = Owner.register(
-            name=rep.name,
-            team=team,
-            region=region,
-            actor=SETUP_ACTOR.name,
-            occurred_at=start - timedelta(days=7),
-            now=now,
-        )
-        for mover, target, when in moves:
-            if mover is rep:
-                new_team, new_region, _ = TEAMS[target]
-                owner.assign(
-                    team=new_team,
-                    region=new_region,
-                    actor=SETUP_ACTOR.name,
-                    occurred_at=when,
-                    now=now,
+        # Registered a week before the history starts; movers change team later on.
+        changes = [(rep.team, start - timedelta(days=7))]
+        changes += [(target, when) for mover, target, when in moves if mover is rep]
+        for team_index, when in changes:
+            team, region, _ = TEAMS[team_index]
+            commands.append(
+                AssignTeam(
+                    actor=SETUP_ACTOR, owner=rep.name, team=team, region=region, occurred_at=when
                 )
-        owners.append(owner)
-    return owners
+            )
+    return commands
 
 
 def _business_time(rng: random.Random, day_start: datetime) -> datetime:
@@ -426,14 +413,13 @@ def generate(
         raise DemoError(f"this database already holds the demo data of seed {seed}")
 
     world = _World(rng, seed, start, now)
-    owners = _setup_owners(app, world, rng, start, end, now)
+    owners = _setup_owners(app, world, rng, start, end)
     result = DemoResult(
         pipelines={p.name: p.id for _, p in world.pipelines},
         owners=[rep.name for rep in world.reps],
     )
-    setup: list[Aggregate] = [p for _, p in world.pipelines]
-    setup.extend(owners)
-    result.events += len(app.save(*setup))
+    setup: list[DefinePipeline | AssignTeam] = [*world.definitions, *owners]
+    result.events += sum(handle(app, command).events for command in setup)
 
     walk = _DealWalk(world, rng, start, end, now)
     most_events = 0
@@ -444,7 +430,8 @@ def generate(
             most_events, result.showcase_deal = len(deal.pending_events), deal.id
         batch.append(deal)
         if len(batch) >= batch_size or number == deals:
-            result.events += len(app.save(*batch))
+            stored = handle(app, RecordHistory(actor=SETUP_ACTOR, deals=tuple(batch)))
+            result.events += stored.events
             result.deals += len(batch)
             if progress is not None:
                 progress(len(batch))

@@ -30,11 +30,11 @@ from libs.application.importing import (
     DEFAULT_BATCH_SIZE,
     IMPORT_ACTOR,
     DealImporter,
-    DealRow,
     ImportReport,
 )
 from libs.domain.actors import Actor
 from libs.domain.deal import LOST, OPEN, WON
+from libs.domain.imports import DealRow
 from libs.domain.pipeline import DEFAULT_LOST_REASONS, Pipeline
 from services.importer.common import (
     CsvTable,

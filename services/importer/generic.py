@@ -29,12 +29,12 @@ from libs.application.importing import (
     DEFAULT_BATCH_SIZE,
     IMPORT_ACTOR,
     DealImporter,
-    DealRow,
     ImportAborted,
     ImportReport,
 )
 from libs.domain.actors import Actor
 from libs.domain.deal import LOST, OPEN, WON
+from libs.domain.imports import DealRow
 from libs.domain.pipeline import Pipeline
 from services.importer.common import (
     CsvTable,

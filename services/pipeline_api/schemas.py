@@ -206,6 +206,7 @@ class PipelinesPublic(BaseModel):
     """All pipelines."""
 
     data: list[PipelinePublic]
+    position: int | None = Field(default=None, description="Log position the answer reflects")
 
 
 class DealCreate(_Body):

@@ -68,7 +68,7 @@ def assert_command_answer(r: httpx.Response, api: httpx.AsyncClient, version: in
 
 
 async def test_a_pipeline_gets_the_default_b2b_template_unless_it_names_its_own_stages(
-    api: httpx.AsyncClient,
+    api: httpx.AsyncClient, clock: TestClock
 ) -> None:
     r = await api.post(
         "/v1/pipelines", json={"name": "New business", "currency": "eur"}, headers=auth("admin")
@@ -86,11 +86,14 @@ async def test_a_pipeline_gets_the_default_b2b_template_unless_it_names_its_own_
     assert [s["id"] for s in body["stages"]] == DEFAULT_STAGE_IDS
     assert body["lost_reasons"] == list(DEFAULT_LOST_REASONS)
 
-    got = await api.get(r.headers["Location"], headers=auth("rep"))
+    got = await api.get(
+        r.headers["Location"], params={"min_position": body["position"]}, headers=auth("rep")
+    )
     assert got.status_code == 200
     assert got.headers["ETag"] == '"1"'
-    assert got.json() == {**body, "position": None}
+    assert got.json() == body  # the read model is where the command left it
 
+    clock.advance(minutes=1)  # defined later: listed after the first
     pipeline = await define_pipeline(
         api,
         name="Renewals",
@@ -123,8 +126,9 @@ async def test_a_pipeline_gets_the_default_b2b_template_unless_it_names_its_own_
     )
     assert r.status_code == 200, r.text
     assert r.json()["lost_reason"] == "Ghosted"
-    listed = await api.get("/v1/pipelines", headers=auth("rep"))
+    listed = await api.get("/v1/pipelines", params={"min_position": head(api)}, headers=auth("rep"))
     assert [p["id"] for p in listed.json()["data"]] == [body["id"], pipeline["id"]]
+    assert listed.json()["position"] == head(api)
 
 
 async def test_creating_a_deal_answers_201_with_location_etag_version_and_position(

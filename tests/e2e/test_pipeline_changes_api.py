@@ -9,9 +9,15 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
+from uuid import UUID
 
+import anyio.to_thread
 import httpx
 
+from libs.application.handlers import handle
+from libs.domain.actors import Actor, Role
+from libs.domain.commands import AdvanceDeal, RemoveStage
+from services.pipeline_api.dispatch import open_deals_in_stage
 from tests.conftest import TestClock, auth
 
 STAGE_IDS = ["deal-created", "demo-or-meeting", "quote-sent", "negotiation"]
@@ -42,7 +48,9 @@ async def create_deal(
 
 
 async def pipeline_now(api: httpx.AsyncClient, pipeline_id: str) -> dict[str, Any]:
-    r = await api.get(f"/v1/pipelines/{pipeline_id}", headers=auth("auditor"))
+    r = await api.get(
+        f"/v1/pipelines/{pipeline_id}", params={"min_position": head(api)}, headers=auth("auditor")
+    )
     assert r.status_code == 200, r.text
     assert r.headers["ETag"] == f'"{r.json()["version"]}"'
     return dict(r.json())
@@ -645,3 +653,77 @@ async def test_pipeline_rules_hold_over_http_for_backdated_commands_too(
     [*_, advanced] = await history(api, deal["id"], r.json()["position"])
     assert advanced["occurred_at"] == days_ago(5)
     assert advanced["changes"]["note"] == {"before": None, "after": "budget signed off"}
+
+
+# --- the stranded-deal policy -----------------------------------------------------------------
+
+
+async def test_a_deal_that_enters_a_stage_while_it_is_removed_is_moved_after_it_by_the_policy(
+    api: httpx.AsyncClient,
+) -> None:
+    services = api.app.state.services  # type: ignore[attr-defined]
+    app, models = services.app, services.read_models
+    pipeline = await define_pipeline(api)
+    pid = pipeline["id"]
+    early = await create_deal(api, pid, "1000.00", stage="quote-sent")
+    late = await create_deal(api, pid, "2000.00", stage="demo-or-meeting")
+    manager = Actor(name="max", role=Role.MANAGER)
+    lookups: list[list[str]] = []
+
+    def open_deals(pipeline_id: UUID, stage_id: str, at_least: int) -> list[str]:
+        """The real read model; right after the removal's own look-up, another writer
+        moves ``late`` into the stage (the race the policy is there for)."""
+        found = anyio.from_thread.run(open_deals_in_stage, models, pipeline_id, stage_id, at_least)
+        lookups.append(sorted(found))
+        if len(lookups) == 1:
+            handle(app, AdvanceDeal(actor=manager, deal_id=late["id"], stage="quote-sent"))
+        return found
+
+    removal = RemoveStage(
+        actor=manager, pipeline_id=pid, stage="Quote sent", move_open_deals_to="negotiation"
+    )
+    result = await anyio.to_thread.run_sync(
+        lambda: handle(app, removal, open_deals_in_stage=open_deals)
+    )
+
+    assert lookups[0] == [early["id"]]  # the removal itself saw only the early deal
+    assert lookups[1] == [late["id"]]  # the policy found the late one at the new head
+    assert lookups[2:] == [[]]  # and looked again until none was left
+    assert result.state["moved_deals"] == [early["id"]]
+    assert result.position == head(api)  # the answer's position covers the policy's move
+    assert result.events == 3  # StageRemoved, the early deal's move, the late deal's move
+    for deal in (early, late):
+        assert (await deal_now(api, deal["id"], result.position))["stage"]["id"] == "negotiation"
+    moved = (await history(api, late["id"], result.position))[-1]
+    assert moved["changes"]["stage_id"] == {"before": "quote-sent", "after": "negotiation"}
+    assert moved["changes"]["cause"]["after"] == {
+        "type": "StageRemoved",
+        "pipeline_id": pid,
+        "pipeline_version": 2,
+        "stage_id": "quote-sent",
+    }
+    after = await board(api, pid, result.position)
+    assert stage_totals(after)["negotiation"] == (2, "3000.00", "2250.00")
+
+
+async def test_removing_a_stage_without_moving_its_deals_runs_no_sweep(
+    api: httpx.AsyncClient,
+) -> None:
+    services = api.app.state.services  # type: ignore[attr-defined]
+    pipeline = await define_pipeline(api)
+    looked: list[str] = []
+
+    def open_deals(pipeline_id: UUID, stage_id: str, at_least: int) -> list[str]:
+        looked.append(stage_id)
+        return []
+
+    removal = RemoveStage(
+        actor=Actor(name="max", role=Role.MANAGER), pipeline_id=pipeline["id"], stage="quote-sent"
+    )
+    result = await anyio.to_thread.run_sync(
+        lambda: handle(services.app, removal, open_deals_in_stage=open_deals)
+    )
+
+    assert looked == ["quote-sent"]  # the removal's own look-up, no policy round
+    assert result.events == 1
+    assert result.position == head(api)

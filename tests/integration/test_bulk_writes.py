@@ -25,7 +25,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from libs.application.handlers import handle
 from libs.application.sql import ensure_schema, make_engine
+from libs.domain.commands import AdvanceDeal, CreateDeal, LoseDeal, ReopenDeal, UpdateDeal, WinDeal
 from services.projections import rebuild as rebuild_module
 from services.projections.base import (
     Money,
@@ -185,21 +187,24 @@ def busy_deal(stores: Stores) -> None:
     pipeline_id = define_default_pipeline(app, "Busy", JAN)
     admin = ACTORS[0]
     when = JAN + timedelta(days=1)
-    deal = app.create_deal(
-        actor=admin, pipeline_id=pipeline_id, title="busy", value="100.00", occurred_at=when
+    deal = handle(
+        app,
+        CreateDeal(
+            actor=admin, pipeline_id=pipeline_id, title="busy", value="100.00", occurred_at=when
+        ),
     ).id
     stages = ["demo-or-meeting", "quote-sent", "negotiation", "demo-or-meeting", "quote-sent"]
     for n, stage in enumerate(stages):
         when += timedelta(hours=5)
-        app.advance_deal(deal, actor=admin, stage=stage, occurred_at=when)
+        handle(app, AdvanceDeal(deal_id=deal, actor=admin, stage=stage, occurred_at=when))
         when += timedelta(hours=1)
-        app.update_deal(deal, actor=admin, fields={"value": f"{200 + n}.50"}, occurred_at=when)
+        handle(app, UpdateDeal(deal_id=deal, actor=admin, value=f"{200 + n}.50", occurred_at=when))
     when += timedelta(hours=1)
-    app.lose_deal(deal, actor=admin, reason="Price", note=None, occurred_at=when)
+    handle(app, LoseDeal(deal_id=deal, actor=admin, reason="Price", note=None, occurred_at=when))
     when += timedelta(hours=1)
-    app.reopen_deal(deal, actor=admin, stage="negotiation", occurred_at=when)
+    handle(app, ReopenDeal(deal_id=deal, actor=admin, stage="negotiation", occurred_at=when))
     when += timedelta(hours=1)
-    app.win_deal(deal, actor=admin, occurred_at=when)
+    handle(app, WinDeal(deal_id=deal, actor=admin, occurred_at=when))
 
 
 @pytest.mark.parametrize("batch_size", [1, 6, 10_000])

@@ -25,7 +25,28 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from libs.application.app import DealtrailApplication
+from libs.application.handlers import handle
 from libs.domain.actors import Actor, Role
+from libs.domain.commands import (
+    AddLostReason,
+    AddStage,
+    AdvanceDeal,
+    AssignTeam,
+    ChangePipeline,
+    ChangeStage,
+    Command,
+    CommandResult,
+    CreateDeal,
+    DefinePipeline,
+    LoseDeal,
+    MoveDeal,
+    RemoveStage,
+    ReopenDeal,
+    RetireLostReason,
+    SnoozeDeal,
+    UpdateDeal,
+    WinDeal,
+)
 from libs.domain.errors import DomainError
 from libs.domain.pipeline import default_template
 from services.projections.parking import list_parked
@@ -184,15 +205,18 @@ def run_command(
 
     if kind == "create":
         index, title, value, owner, stage, close, at = args
-        result = app.create_deal(
-            actor=actor,
-            pipeline_id=pick(pipelines, index),
-            title=title,
-            value=value,
-            owner=owner or None,
-            stage=stage,
-            expected_close_date=close,
-            occurred_at=when(at, now),
+        result = handle(
+            app,
+            CreateDeal(
+                actor=actor,
+                pipeline_id=pick(pipelines, index),
+                title=title,
+                value=value,
+                owner=owner or None,
+                stage=stage,
+                expected_close_date=close,
+                occurred_at=when(at, now),
+            ),
         )
         deals.append(result.id)
         return
@@ -201,48 +225,75 @@ def run_command(
         return
     if kind == "team":
         owner, team, region, at = args
-        app.assign_team(
-            actor=actor, owner=owner, team=team, region=region, occurred_at=when(at, now)
+        handle(
+            app,
+            AssignTeam(
+                actor=actor, owner=owner, team=team, region=region, occurred_at=when(at, now)
+            ),
         )
         return
     deal = pick(deals, args[0])
     rest = args[1:]
     calls: dict[str, Callable[[], Any]] = {
-        "advance": lambda: app.advance_deal(
-            deal, actor=actor, stage=rest[0], note=rest[1], occurred_at=when(rest[2], now)
+        "advance": lambda: handle(
+            app,
+            AdvanceDeal(
+                deal_id=deal,
+                actor=actor,
+                stage=rest[0],
+                note=rest[1],
+                occurred_at=when(rest[2], now),
+            ),
         ),
-        "win": lambda: app.win_deal(deal, actor=actor, occurred_at=when(rest[0], now)),
-        "lose": lambda: app.lose_deal(
-            deal, actor=actor, reason=rest[0], note=rest[1], occurred_at=when(rest[2], now)
+        "win": lambda: handle(
+            app, WinDeal(deal_id=deal, actor=actor, occurred_at=when(rest[0], now))
         ),
-        "reopen": lambda: app.reopen_deal(
-            deal, actor=actor, stage=rest[0], occurred_at=when(rest[1], now)
+        "lose": lambda: handle(
+            app,
+            LoseDeal(
+                deal_id=deal,
+                actor=actor,
+                reason=rest[0],
+                note=rest[1],
+                occurred_at=when(rest[2], now),
+            ),
         ),
-        "update": lambda: app.update_deal(
-            deal,
-            actor=actor,
-            fields={
-                "title": rest[0],
-                "value": rest[1],
-                "expected_close_date": rest[2],
-                "owner": rest[3],
-                "probability_override": rest[4],
-            },
-            occurred_at=when(rest[5], now),
+        "reopen": lambda: handle(
+            app,
+            ReopenDeal(deal_id=deal, actor=actor, stage=rest[0], occurred_at=when(rest[1], now)),
         ),
-        "snooze": lambda: app.snooze_deal(
-            deal,
-            actor=actor,
-            until=when(rest[0], now),
-            reason=rest[1],
-            occurred_at=when(rest[2], now),
+        "update": lambda: handle(
+            app,
+            UpdateDeal(
+                deal_id=deal,
+                actor=actor,
+                title=rest[0],
+                value=rest[1],
+                expected_close_date=rest[2],
+                owner=rest[3],
+                probability_override=rest[4],
+                occurred_at=when(rest[5], now),
+            ),
         ),
-        "move": lambda: app.move_deal(
-            deal,
-            actor=actor,
-            pipeline_id=pick(pipelines, rest[0]),
-            stage=rest[1],
-            occurred_at=when(rest[2], now),
+        "snooze": lambda: handle(
+            app,
+            SnoozeDeal(
+                deal_id=deal,
+                actor=actor,
+                until=when(rest[0], now),
+                reason=rest[1],
+                occurred_at=when(rest[2], now),
+            ),
+        ),
+        "move": lambda: handle(
+            app,
+            MoveDeal(
+                deal_id=deal,
+                actor=actor,
+                pipeline_id=pick(pipelines, rest[0]),
+                stage=rest[1],
+                occurred_at=when(rest[2], now),
+            ),
         ),
     }
     calls[kind]()
@@ -259,33 +310,32 @@ def run_pipeline_change(
 ) -> None:
     at = when(args[-1], now)
     if kind == "remove_stage":
-        app.remove_stage(
-            pipeline_id,
-            args[0],
-            actor=actor,
-            open_deal_ids=list(deals),
-            move_open_deals_to=args[1],
-            occurred_at=at,
+        handle(
+            app,
+            RemoveStage(
+                pipeline_id=pipeline_id,
+                stage=args[0],
+                actor=actor,
+                move_open_deals_to=args[1],
+                occurred_at=at,
+            ),
+            open_deals_in_stage=lambda *_: list(deals),
         )
         return
 
-    def change(pipeline: Any, occurred_at: datetime, current: datetime) -> None:
-        common = {"actor": actor.name, "occurred_at": occurred_at, "now": current}
-        if kind == "add_stage":
-            pipeline.add_stage(name=args[0], probability=args[1], rotting_days=args[2], **common)
-        elif kind == "update_stage":
-            pipeline.update_stage(args[0], probability=args[1], rotting_days=args[2], **common)
-        elif kind == "reason":
-            if args[1]:
-                pipeline.add_lost_reason(args[0], **common)
-            else:
-                pipeline.retire_lost_reason(args[0], **common)
-        else:
-            pipeline.change_rules(stale_after_days=args[0], **common)
-
-    app.change_pipeline(
-        pipeline_id, actor=actor, expected_version=None, occurred_at=at, change=change
-    )
+    common: dict[str, Any] = {"actor": actor, "pipeline_id": pipeline_id, "occurred_at": at}
+    command: Command[CommandResult]
+    if kind == "add_stage":
+        command = AddStage(name=args[0], probability=args[1], rotting_days=args[2], **common)
+    elif kind == "update_stage":
+        command = ChangeStage(stage=args[0], probability=args[1], rotting_days=args[2], **common)
+    elif kind == "reason" and args[1]:
+        command = AddLostReason(reason=args[0], **common)
+    elif kind == "reason":
+        command = RetireLostReason(reason=args[0], **common)
+    else:
+        command = ChangePipeline(stale_after_days=args[0], **common)
+    handle(app, command)
 
 
 # Commands that succeeded, by kind, and refusals, over every example of a run.
@@ -300,13 +350,16 @@ async def check_history(backend: Backend, history: list[tuple[int, int, tuple[An
             app = stores.app
             template = default_template()
             pipelines = [
-                app.define_pipeline(
-                    actor=ACTORS[0],
-                    name=name,
-                    currency=currency,
-                    stages=stages,
-                    lost_reasons=template["lost_reasons"],
-                    occurred_at=START - timedelta(days=500),
+                handle(
+                    app,
+                    DefinePipeline(
+                        actor=ACTORS[0],
+                        name=name,
+                        currency=currency,
+                        stages=stages,
+                        lost_reasons=template["lost_reasons"],
+                        occurred_at=START - timedelta(days=500),
+                    ),
                 ).id
                 for name, currency, stages in (
                     ("New business", "EUR", template["stages"]),
@@ -315,13 +368,16 @@ async def check_history(backend: Backend, history: list[tuple[int, int, tuple[An
                 )
             ]
             deals = [
-                app.create_deal(
-                    actor=ACTORS[1],
-                    pipeline_id=pipelines[n % 3],
-                    title=f"Seed {n}",
-                    value="1000",
-                    owner=("rita", "raj")[n % 2],
-                    occurred_at=START - timedelta(days=100 - n),
+                handle(
+                    app,
+                    CreateDeal(
+                        actor=ACTORS[1],
+                        pipeline_id=pipelines[n % 3],
+                        title=f"Seed {n}",
+                        value="1000",
+                        owner=("rita", "raj")[n % 2],
+                        occurred_at=START - timedelta(days=100 - n),
+                    ),
                 ).id
                 for n in range(4)
             ]

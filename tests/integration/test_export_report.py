@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from libs.application.handlers import handle
 from libs.domain.actors import Actor, Role
+from libs.domain.commands import AdvanceDeal, CreateDeal, DefinePipeline, LoseDeal, WinDeal
 from libs.domain.pipeline import default_template
 from services.cli import main as cli
 from services.runtime.stores import open_application
@@ -25,21 +27,40 @@ def pipeline_id(backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     """Three deals: two won in Negotiation, one lost for Price in Quote sent."""
     app = open_application(backend.settings(tmp_path / "data"))
     try:
-        pid = app.define_pipeline(
-            actor=ADMIN, name="Sales", currency="EUR", occurred_at=START, **default_template()
+        pid = handle(
+            app,
+            DefinePipeline(
+                actor=ADMIN, name="Sales", currency="EUR", occurred_at=START, **default_template()
+            ),
         ).id
         for n, (stage, outcome) in enumerate(
             [("negotiation", "won"), ("negotiation", "won"), ("quote-sent", "lost")]
         ):
             at = START + timedelta(days=n)
-            deal = app.create_deal(
-                actor=ADMIN, pipeline_id=pid, title=f"D{n}", value="100", occurred_at=at
+            deal = handle(
+                app,
+                CreateDeal(
+                    actor=ADMIN, pipeline_id=pid, title=f"D{n}", value="100", occurred_at=at
+                ),
             ).id
-            app.advance_deal(deal, actor=ADMIN, stage=stage, occurred_at=at + timedelta(days=1))
+            handle(
+                app,
+                AdvanceDeal(
+                    deal_id=deal, actor=ADMIN, stage=stage, occurred_at=at + timedelta(days=1)
+                ),
+            )
             if outcome == "won":
-                app.win_deal(deal, actor=ADMIN, occurred_at=at + timedelta(days=2))
+                handle(app, WinDeal(deal_id=deal, actor=ADMIN, occurred_at=at + timedelta(days=2)))
             else:
-                app.lose_deal(deal, actor=ADMIN, reason="Price", occurred_at=at + timedelta(days=2))
+                handle(
+                    app,
+                    LoseDeal(
+                        deal_id=deal,
+                        actor=ADMIN,
+                        reason="Price",
+                        occurred_at=at + timedelta(days=2),
+                    ),
+                )
     finally:
         app.close()
     backend.point_cli_at(monkeypatch, tmp_path / "data")

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from libs.application.app import DealtrailApplication
+from libs.application.handlers import handle
 from libs.application.importing import ImportAborted
 from libs.application.records import decode
 from libs.domain.actors import Actor, Role
+from libs.domain.commands import DefinePipeline
 from libs.domain.deal import deal_id_for
 from libs.domain.pipeline import default_template
 from services.cli import main as cli
@@ -46,13 +48,16 @@ BAD = (
 def app(backend: Backend, tmp_path: Path, clock: TestClock) -> Iterator[DealtrailApplication]:
     application = open_application(backend.settings(tmp_path / "data"), clock)
     template = default_template()
-    application.define_pipeline(
-        actor=ANN,
-        name="Sales",
-        currency="EUR",
-        stages=template["stages"],
-        lost_reasons=template["lost_reasons"],
-        occurred_at=datetime(2025, 12, 1, tzinfo=UTC),
+    handle(
+        application,
+        DefinePipeline(
+            actor=ANN,
+            name="Sales",
+            currency="EUR",
+            stages=template["stages"],
+            lost_reasons=template["lost_reasons"],
+            occurred_at=datetime(2025, 12, 1, tzinfo=UTC),
+        ),
     )
     yield application
     application.close()

@@ -27,6 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.application.app import DealtrailApplication
 from libs.application.failures import is_unavailable
+from libs.application.handlers import handle
+from libs.domain.commands import AdvanceDeal, CreateDeal, WinDeal
 from libs.domain.deal import Deal
 from services.cli import main as cli
 from services.projections import rebuild as rebuild_module
@@ -134,21 +136,31 @@ class History:
         self.pipeline = define_default_pipeline(app, "Poison", t(3, 1))
 
         def create(title: str, day: int) -> UUID:
-            return app.create_deal(
-                actor=RITA,
-                pipeline_id=self.pipeline,
-                title=title,
-                value="100",
-                occurred_at=t(3, day),
+            return handle(
+                app,
+                CreateDeal(
+                    actor=RITA,
+                    pipeline_id=self.pipeline,
+                    title=title,
+                    value="100",
+                    occurred_at=t(3, day),
+                ),
             ).id
 
         self.a = create("A", 2)
         self.b = create("B", 2)
         self.snooze = store_unbounded_snooze(app, self.a, t(3, 3))
-        app.advance_deal(self.a, actor=RITA, stage="Quote sent", occurred_at=t(3, 4))
-        app.advance_deal(self.b, actor=RITA, stage="Demo or meeting", occurred_at=t(3, 4))
-        app.advance_deal(self.b, actor=RITA, stage="Quote sent", occurred_at=t(3, 5))
-        self.won = app.win_deal(self.b, actor=RITA, occurred_at=t(3, 6)).position
+        handle(
+            app, AdvanceDeal(deal_id=self.a, actor=RITA, stage="Quote sent", occurred_at=t(3, 4))
+        )
+        handle(
+            app,
+            AdvanceDeal(deal_id=self.b, actor=RITA, stage="Demo or meeting", occurred_at=t(3, 4)),
+        )
+        handle(
+            app, AdvanceDeal(deal_id=self.b, actor=RITA, stage="Quote sent", occurred_at=t(3, 5))
+        )
+        self.won = handle(app, WinDeal(deal_id=self.b, actor=RITA, occurred_at=t(3, 6))).position
         self.c = create("C", 7)
 
 
@@ -232,9 +244,12 @@ async def test_a_poison_event_parked_by_one_projection_leaves_the_others_alone(
     """Batches that mix good events and a bad one: only the bad event is held back."""
     history = History(stores.app)
     for day in range(8, 20):
-        stores.app.create_deal(
-            actor=RITA, pipeline_id=history.pipeline, title=f"D{day}", value="5",
-            occurred_at=t(3, day),
+        handle(
+            stores.app,
+            CreateDeal(
+                actor=RITA, pipeline_id=history.pipeline, title=f"D{day}", value="5",
+                occurred_at=t(3, day),
+            ),
         )  # fmt: skip
     await asyncio.wait_for(stores.worker.catch_up(), WAIT_SECONDS)
 
@@ -277,7 +292,10 @@ async def test_an_event_that_cannot_be_decoded_is_parked_where_its_type_is_read(
 ) -> None:
     history = History(stores.app)
     garbled = store_undecodable_snooze(stores.app, history.c)
-    later = stores.app.advance_deal(history.a, actor=RITA, stage="Negotiation", occurred_at=t(3, 9))
+    later = handle(
+        stores.app,
+        AdvanceDeal(deal_id=history.a, actor=RITA, stage="Negotiation", occurred_at=t(3, 9)),
+    )
     await asyncio.wait_for(stores.worker.catch_up(), WAIT_SECONDS)
 
     assert {s.position for s in (await states(stores.engine)).values()} == {later.position}
@@ -363,8 +381,15 @@ async def test_status_counts_events_behind_and_parked_events(
     written = stores.head()
     leave_a_gap(backend, app, 5)
     for day in (8, 9):
-        app.create_deal(
-            actor=RITA, pipeline_id=history.pipeline, title="E", value="1", occurred_at=t(3, day)
+        handle(
+            app,
+            CreateDeal(
+                actor=RITA,
+                pipeline_id=history.pipeline,
+                title="E",
+                value="1",
+                occurred_at=t(3, day),
+            ),
         )
     events = written + 2
     head = stores.head()

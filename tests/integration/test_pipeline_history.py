@@ -18,7 +18,20 @@ from uuid import UUID
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from libs.domain.pipeline import Pipeline, default_template
+from libs.application.handlers import handle
+from libs.domain.commands import (
+    AdvanceDeal,
+    ChangeStage,
+    CreateDeal,
+    DefinePipeline,
+    LoseDeal,
+    MoveDeal,
+    RemoveStage,
+    ReopenDeal,
+    UpdateDeal,
+    WinDeal,
+)
+from libs.domain.pipeline import default_template
 from services.projections import audit_history, stage_durations
 from services.projections.reading import ReadModels
 from services.projections.rebuild import drop_old_generations, rebuild
@@ -66,79 +79,97 @@ class History:
 
 
 def rename_stage(stores: Stores, pipeline_id: UUID, stage: str, name: str, when: datetime) -> None:
-    def change(p: Pipeline, occurred_at: datetime, now: datetime) -> None:
-        p.rename_stage(stage, name=name, actor=MAX.name, occurred_at=occurred_at, now=now)
-
-    stores.app.change_pipeline(
-        pipeline_id, actor=MAX, expected_version=None, occurred_at=when, change=change
+    rename = ChangeStage(
+        actor=MAX, pipeline_id=pipeline_id, stage=stage, name=name, occurred_at=when
     )
+    handle(stores.app, rename)
 
 
 async def write_history(stores: Stores) -> History:
     """Business time runs through January 2026; the worker catches up between phases."""
     app, worker = stores.app, stores.worker
     template = default_template()
-    pid = app.define_pipeline(
-        actor=ANN,
-        name="New business",
-        currency="EUR",
-        stages=template["stages"],
-        lost_reasons=template["lost_reasons"],
-        occurred_at=t(1, 1),
+    pid = handle(
+        app,
+        DefinePipeline(
+            actor=ANN,
+            name="New business",
+            currency="EUR",
+            stages=template["stages"],
+            lost_reasons=template["lost_reasons"],
+            occurred_at=t(1, 1),
+        ),
     ).id
-    partners = app.define_pipeline(
-        actor=ANN,
-        name="Partners",
-        currency="EUR",
-        stages=[{"name": "Intake", "probability": 30}, {"name": "Offer", "probability": 60}],
-        lost_reasons=["Price"],
-        occurred_at=t(1, 1),
+    partners = handle(
+        app,
+        DefinePipeline(
+            actor=ANN,
+            name="Partners",
+            currency="EUR",
+            stages=[{"name": "Intake", "probability": 30}, {"name": "Offer", "probability": 60}],
+            lost_reasons=["Price"],
+            occurred_at=t(1, 1),
+        ),
     ).id
 
     def deal(value: str, when: datetime, stage: str | None = None) -> UUID:
-        return app.create_deal(
-            actor=RITA, pipeline_id=pid, title="ACME", value=value, stage=stage, occurred_at=when
+        return handle(
+            app,
+            CreateDeal(
+                actor=RITA,
+                pipeline_id=pid,
+                title="ACME",
+                value=value,
+                stage=stage,
+                occurred_at=when,
+            ),
         ).id
 
     a, b = deal("1000", t(1, 2)), deal("2000", t(1, 2, 6))
     c = deal("3000", t(1, 3), stage="quote-sent")
-    app.advance_deal(a, actor=RITA, stage="Demo or meeting", occurred_at=t(1, 5))
-    app.advance_deal(b, actor=RITA, stage="demo-or-meeting", occurred_at=t(1, 6))
-    app.win_deal(c, actor=RITA, occurred_at=t(1, 7))
+    handle(app, AdvanceDeal(deal_id=a, actor=RITA, stage="Demo or meeting", occurred_at=t(1, 5)))
+    handle(app, AdvanceDeal(deal_id=b, actor=RITA, stage="demo-or-meeting", occurred_at=t(1, 6)))
+    handle(app, WinDeal(deal_id=c, actor=RITA, occurred_at=t(1, 7)))
     await worker.catch_up()
 
     # Phase 2: "Demo or meeting" becomes "Discovery call"; deals keep moving.
     rename_stage(stores, pid, "demo-or-meeting", "Discovery call", t(1, 10))
     d = deal("4000", t(1, 11))
-    app.advance_deal(d, actor=RITA, stage="Discovery call", occurred_at=t(1, 12))
-    app.advance_deal(a, actor=RITA, stage="quote-sent", occurred_at=t(1, 12, 12))
+    handle(app, AdvanceDeal(deal_id=d, actor=RITA, stage="Discovery call", occurred_at=t(1, 12)))
+    handle(app, AdvanceDeal(deal_id=a, actor=RITA, stage="quote-sent", occurred_at=t(1, 12, 12)))
     await worker.catch_up()
 
     # Phase 3: "Quote sent" becomes "Proposal", then is removed; its open deals move on.
     rename_stage(stores, pid, "quote-sent", "Proposal", t(1, 14))
     e = deal("5000", t(1, 15), stage="Proposal")
-    removal = app.remove_stage(
-        pid,
-        "quote-sent",
-        actor=MAX,
-        open_deal_ids=[a, c, e],  # c is closed: it stays where it was won
-        move_open_deals_to="Negotiation",
-        occurred_at=t(1, 20),
+    removal = handle(
+        app,
+        RemoveStage(
+            pipeline_id=pid,
+            stage="quote-sent",
+            actor=MAX,
+            move_open_deals_to="Negotiation",
+            occurred_at=t(1, 20),
+        ),
+        open_deals_in_stage=lambda *_: [a, c, e],
     )
     assert sorted(removal.state["moved_deals"]) == sorted([str(a), str(e)])
     await worker.catch_up()
 
     # Phase 4: life goes on after the removal.
-    app.lose_deal(a, actor=RITA, reason="Price", occurred_at=t(1, 22))
-    app.win_deal(e, actor=RITA, occurred_at=t(1, 23))
-    app.move_deal(b, actor=RITA, pipeline_id=partners, stage="Offer", occurred_at=t(1, 24))
-    app.update_deal(d, actor=RITA, fields={"probability_override": 80}, occurred_at=t(1, 25))
-    app.reopen_deal(c, actor=RITA, stage="negotiation", occurred_at=t(1, 26))
+    handle(app, LoseDeal(deal_id=a, actor=RITA, reason="Price", occurred_at=t(1, 22)))
+    handle(app, WinDeal(deal_id=e, actor=RITA, occurred_at=t(1, 23)))
+    handle(
+        app,
+        MoveDeal(deal_id=b, actor=RITA, pipeline_id=partners, stage="Offer", occurred_at=t(1, 24)),
+    )
+    handle(app, UpdateDeal(deal_id=d, actor=RITA, probability_override=80, occurred_at=t(1, 25)))
+    handle(app, ReopenDeal(deal_id=c, actor=RITA, stage="negotiation", occurred_at=t(1, 26)))
 
-    def reweigh(p: Pipeline, occurred_at: datetime, now: datetime) -> None:
-        p.update_stage("negotiation", probability=70, actor="max", occurred_at=occurred_at, now=now)
-
-    app.change_pipeline(pid, actor=MAX, expected_version=None, occurred_at=t(1, 27), change=reweigh)
+    reweigh = ChangeStage(
+        actor=MAX, pipeline_id=pid, stage="negotiation", probability=70, occurred_at=t(1, 27)
+    )
+    handle(app, reweigh)
     await worker.catch_up()
     return History(pid, partners, a, b, c, d, e, removal.position)
 
@@ -264,7 +295,9 @@ async def test_after_a_rename_and_a_removal_a_full_rebuild_equals_the_incrementa
     assert "demo-or-meeting" not in partners
 
     # The worker goes on incrementally on the rebuilt generation.
-    stores.app.advance_deal(h.d, actor=RITA, stage="negotiation", occurred_at=t(1, 28))
+    handle(
+        stores.app, AdvanceDeal(deal_id=h.d, actor=RITA, stage="negotiation", occurred_at=t(1, 28))
+    )
     await stores.worker.catch_up()
     later = await report_rows(stores, h.pipeline, clock)
     assert (later["demo-or-meeting"]["completed"], later["demo-or-meeting"]["open"]) == (3, 0)

@@ -20,9 +20,21 @@ from eventsourcing.domain import Aggregate, event
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from libs.application.app import CommandResult, DealtrailApplication
+from libs.application.app import DealtrailApplication
+from libs.application.handlers import handle
 from libs.application.sql import ensure_schema, make_engine
 from libs.domain.actors import Actor, Role
+from libs.domain.commands import (
+    AdvanceDeal,
+    ChangeStage,
+    CommandResult,
+    CreateDeal,
+    DefinePipeline,
+    LoseDeal,
+    ReopenDeal,
+    UpdateDeal,
+    WinDeal,
+)
 from libs.domain.pipeline import default_template
 from services.projections import audit_history, current_pipeline, stage_durations
 from services.projections.base import Projection, State, read_states
@@ -102,13 +114,16 @@ async def table_rows(
 
 def define_default_pipeline(app: DealtrailApplication, name: str, when: datetime) -> UUID:
     template = default_template()
-    return app.define_pipeline(
-        actor=ANN,
-        name=name,
-        currency="EUR",
-        stages=template["stages"],
-        lost_reasons=template["lost_reasons"],
-        occurred_at=when,
+    return handle(
+        app,
+        DefinePipeline(
+            actor=ANN,
+            name=name,
+            currency="EUR",
+            stages=template["stages"],
+            lost_reasons=template["lost_reasons"],
+            occurred_at=when,
+        ),
     ).id
 
 
@@ -257,13 +272,16 @@ async def test_each_read_model_follows_a_scripted_backdated_history_to_the_secon
 
     # Phase 1: two pipelines, four deals.
     p = s.note(
-        app.define_pipeline(
-            actor=ANN,
-            name="New business",
-            currency="EUR",
-            stages=default_template()["stages"],
-            lost_reasons=default_template()["lost_reasons"],
-            occurred_at=t(1, 5, 9),
+        handle(
+            app,
+            DefinePipeline(
+                actor=ANN,
+                name="New business",
+                currency="EUR",
+                stages=default_template()["stages"],
+                lost_reasons=default_template()["lost_reasons"],
+                occurred_at=t(1, 5, 9),
+            ),
         ),
         "PipelineDefined",
         ANN,
@@ -272,13 +290,16 @@ async def test_each_read_model_follows_a_scripted_backdated_history_to_the_secon
         "Pipeline",
     ).id
     p2 = s.note(
-        app.define_pipeline(
-            actor=MAX,
-            name="Partners",
-            currency="EUR",
-            stages=[{"name": "Lead", "probability": 20}, {"name": "Offer", "probability": 60}],
-            lost_reasons=["Price"],
-            occurred_at=t(1, 5, 10),
+        handle(
+            app,
+            DefinePipeline(
+                actor=MAX,
+                name="Partners",
+                currency="EUR",
+                stages=[{"name": "Lead", "probability": 20}, {"name": "Offer", "probability": 60}],
+                lost_reasons=["Price"],
+                occurred_at=t(1, 5, 10),
+            ),
         ),
         "PipelineDefined",
         MAX,
@@ -287,13 +308,16 @@ async def test_each_read_model_follows_a_scripted_backdated_history_to_the_secon
         "Pipeline",
     ).id
     a = s.note(
-        app.create_deal(
-            actor=RITA,
-            pipeline_id=p,
-            title="ACME renewal",
-            value="10000.00",
-            expected_close_date=date(2026, 2, 27),
-            occurred_at=t(1, 6, 9),
+        handle(
+            app,
+            CreateDeal(
+                actor=RITA,
+                pipeline_id=p,
+                title="ACME renewal",
+                value="10000.00",
+                expected_close_date=date(2026, 2, 27),
+                occurred_at=t(1, 6, 9),
+            ),
         ),
         "DealCreated",
         RITA,
@@ -309,13 +333,16 @@ async def test_each_read_model_follows_a_scripted_backdated_history_to_the_secon
         },
     ).id
     b = s.note(
-        app.create_deal(
-            actor=RITA,
-            pipeline_id=p,
-            title="Globex expansion",
-            value="5000",
-            stage="Demo or meeting",
-            occurred_at=t(1, 7, 14),
+        handle(
+            app,
+            CreateDeal(
+                actor=RITA,
+                pipeline_id=p,
+                title="Globex expansion",
+                value="5000",
+                stage="Demo or meeting",
+                occurred_at=t(1, 7, 14),
+            ),
         ),
         "DealCreated",
         RITA,
@@ -330,14 +357,17 @@ async def test_each_read_model_follows_a_scripted_backdated_history_to_the_secon
         },
     ).id
     c = s.note(
-        app.create_deal(
-            actor=MAX,
-            pipeline_id=p,
-            title="Initech pilot",
-            value="2500.50",
-            owner="rita",
-            external_id="crm-17",
-            occurred_at=t(1, 10, 8),
+        handle(
+            app,
+            CreateDeal(
+                actor=MAX,
+                pipeline_id=p,
+                title="Initech pilot",
+                value="2500.50",
+                owner="rita",
+                external_id="crm-17",
+                occurred_at=t(1, 10, 8),
+            ),
         ),
         "DealCreated",
         MAX,
@@ -353,8 +383,15 @@ async def test_each_read_model_follows_a_scripted_backdated_history_to_the_secon
         },
     ).id
     d = s.note(
-        app.create_deal(
-            actor=ANN, pipeline_id=p2, title="Umbrella", value="800", occurred_at=t(1, 10, 9, 30)
+        handle(
+            app,
+            CreateDeal(
+                actor=ANN,
+                pipeline_id=p2,
+                title="Umbrella",
+                value="800",
+                occurred_at=t(1, 10, 9, 30),
+            ),
         ),
         "DealCreated",
         ANN,
@@ -397,14 +434,19 @@ async def test_each_read_model_follows_a_scripted_backdated_history_to_the_secon
 
     # Phase 2: forward, back, forward again; a value update and an owner change.
     s.note(
-        app.advance_deal(a, actor=RITA, stage="Quote sent", occurred_at=t(1, 8, 10, 30)),
+        handle(
+            app, AdvanceDeal(deal_id=a, actor=RITA, stage="Quote sent", occurred_at=t(1, 8, 10, 30))
+        ),
         "StageAdvanced",
         RITA,
         t(1, 8, 10, 30),
         {"stage": ch("Deal created", "Quote sent"), "stage_id": ch("deal-created", "quote-sent")},
     )
     s.note(
-        app.advance_deal(a, actor=RITA, stage="demo-or-meeting", occurred_at=t(1, 9, 12)),
+        handle(
+            app,
+            AdvanceDeal(deal_id=a, actor=RITA, stage="demo-or-meeting", occurred_at=t(1, 9, 12)),
+        ),
         "StageAdvanced",
         RITA,
         t(1, 9, 12),
@@ -414,7 +456,9 @@ async def test_each_read_model_follows_a_scripted_backdated_history_to_the_secon
         },
     )
     s.note(
-        app.advance_deal(b, actor=RITA, stage="negotiation", occurred_at=t(1, 10, 9)),
+        handle(
+            app, AdvanceDeal(deal_id=b, actor=RITA, stage="negotiation", occurred_at=t(1, 10, 9))
+        ),
         "StageAdvanced",
         RITA,
         t(1, 10, 9),
@@ -424,14 +468,17 @@ async def test_each_read_model_follows_a_scripted_backdated_history_to_the_secon
         },
     )
     s.note(
-        app.update_deal(c, actor=MAX, fields={"owner": "raj"}, occurred_at=t(1, 11, 10)),
+        handle(app, UpdateDeal(deal_id=c, actor=MAX, owner="raj", occurred_at=t(1, 11, 10))),
         "OwnerChanged",
         MAX,
         t(1, 11, 10),
         {"owner": ch("rita", "raj")},
     )
     s.note(
-        app.advance_deal(a, actor=RITA, stage="quote-sent", occurred_at=t(1, 12, 8, 15, 30)),
+        handle(
+            app,
+            AdvanceDeal(deal_id=a, actor=RITA, stage="quote-sent", occurred_at=t(1, 12, 8, 15, 30)),
+        ),
         "StageAdvanced",
         RITA,
         t(1, 12, 8, 15, 30),
@@ -441,7 +488,7 @@ async def test_each_read_model_follows_a_scripted_backdated_history_to_the_secon
         },
     )
     s.note(
-        app.update_deal(a, actor=MAX, fields={"value": "12000.00"}, occurred_at=t(1, 13, 9)),
+        handle(app, UpdateDeal(deal_id=a, actor=MAX, value="12000.00", occurred_at=t(1, 13, 9))),
         "DealUpdated",
         MAX,
         t(1, 13, 9),
@@ -477,8 +524,15 @@ async def test_each_read_model_follows_a_scripted_backdated_history_to_the_secon
 
     # Phase 3a: two losses.
     s.note(
-        app.lose_deal(
-            b, actor=RITA, reason="No budget", note="budget frozen", occurred_at=t(1, 14, 10)
+        handle(
+            app,
+            LoseDeal(
+                deal_id=b,
+                actor=RITA,
+                reason="No budget",
+                note="budget frozen",
+                occurred_at=t(1, 14, 10),
+            ),
         ),
         "DealLost",
         RITA,
@@ -490,7 +544,7 @@ async def test_each_read_model_follows_a_scripted_backdated_history_to_the_secon
         },
     )
     s.note(
-        app.lose_deal(a, actor=MAX, reason="price", occurred_at=t(1, 15, 17)),
+        handle(app, LoseDeal(deal_id=a, actor=MAX, reason="price", occurred_at=t(1, 15, 17))),
         "DealLost",
         MAX,
         t(1, 15, 17),
@@ -527,13 +581,14 @@ async def test_each_read_model_follows_a_scripted_backdated_history_to_the_secon
     # Between the two visits to it, "Quote sent" is renamed: later events carry the new name,
     # earlier ones keep the name they had.
     s.note(
-        app.change_pipeline(
-            p,
-            actor=MAX,
-            expected_version=None,
-            occurred_at=t(1, 16, 12),
-            change=lambda pipeline, when, now: pipeline.rename_stage(
-                "quote-sent", name="Proposal", actor="max", occurred_at=when, now=now
+        handle(
+            app,
+            ChangeStage(
+                actor=MAX,
+                pipeline_id=p,
+                stage="quote-sent",
+                name="Proposal",
+                occurred_at=t(1, 16, 12),
             ),
         ),
         "StageRenamed",
@@ -545,14 +600,14 @@ async def test_each_read_model_follows_a_scripted_backdated_history_to_the_secon
 
     # Phase 3b: a reopen, a win, and the reopened deal moves on.
     s.note(
-        app.reopen_deal(a, actor=MAX, occurred_at=t(1, 20, 10)),
+        handle(app, ReopenDeal(deal_id=a, actor=MAX, occurred_at=t(1, 20, 10))),
         "DealReopened",
         MAX,
         t(1, 20, 10),
         {"status": ch("lost", "open")},
     )
     s.note(
-        app.win_deal(c, actor=MAX, occurred_at=t(1, 21, 15)),
+        handle(app, WinDeal(deal_id=c, actor=MAX, occurred_at=t(1, 21, 15))),
         "DealWon",
         MAX,
         t(1, 21, 15),
@@ -572,7 +627,9 @@ async def test_each_read_model_follows_a_scripted_backdated_history_to_the_secon
     assert await totals_of(stores, p) == {"quote-sent": (1, Decimal("12000"), Decimal("6000"))}
 
     s.note(
-        app.advance_deal(a, actor=RITA, stage="Negotiation", occurred_at=t(1, 22, 11)),
+        handle(
+            app, AdvanceDeal(deal_id=a, actor=RITA, stage="Negotiation", occurred_at=t(1, 22, 11))
+        ),
         "StageAdvanced",
         RITA,
         t(1, 22, 11),
@@ -604,14 +661,14 @@ async def test_each_read_model_follows_a_scripted_backdated_history_to_the_secon
 
     # Phase 4: a win, and the lost deal comes back into an earlier stage with a new value.
     s.note(
-        app.win_deal(a, actor=RITA, occurred_at=t(1, 25, 16, 45, 15)),
+        handle(app, WinDeal(deal_id=a, actor=RITA, occurred_at=t(1, 25, 16, 45, 15))),
         "DealWon",
         RITA,
         t(1, 25, 16, 45, 15),
         {"status": ch("open", "won")},
     )
     s.note(
-        app.reopen_deal(b, actor=MAX, stage="Proposal", occurred_at=t(1, 26, 9)),
+        handle(app, ReopenDeal(deal_id=b, actor=MAX, stage="Proposal", occurred_at=t(1, 26, 9))),
         "DealReopened",
         MAX,
         t(1, 26, 9),
@@ -622,7 +679,7 @@ async def test_each_read_model_follows_a_scripted_backdated_history_to_the_secon
         },
     )
     s.note(
-        app.update_deal(b, actor=MAX, fields={"value": "7000"}, occurred_at=t(1, 27, 9)),
+        handle(app, UpdateDeal(deal_id=b, actor=MAX, value="7000", occurred_at=t(1, 27, 9))),
         "DealUpdated",
         MAX,
         t(1, 27, 9),
@@ -804,27 +861,35 @@ async def test_the_stage_totals_are_always_the_sum_of_the_open_deal_rows(
     app, worker = stores.app, stores.worker
     p = define_default_pipeline(app, "Sums", t(2, 1))
     deals = [
-        app.create_deal(
-            actor=MAX,
-            pipeline_id=p,
-            title=f"deal {i}",
-            value=f"{100 + i * 37}.{i:02d}",
-            owner="rita",
-            occurred_at=t(2, 2, i),
+        handle(
+            app,
+            CreateDeal(
+                actor=MAX,
+                pipeline_id=p,
+                title=f"deal {i}",
+                value=f"{100 + i * 37}.{i:02d}",
+                owner="rita",
+                occurred_at=t(2, 2, i),
+            ),
         ).id
         for i in range(8)
     ]
     for i, deal in enumerate(deals):
         if i % 2 == 0:
-            app.advance_deal(deal, actor=MAX, stage="negotiation", occurred_at=t(2, 3, i))
+            handle(
+                app,
+                AdvanceDeal(deal_id=deal, actor=MAX, stage="negotiation", occurred_at=t(2, 3, i)),
+            )
         if i in (0, 3, 6):
-            app.lose_deal(deal, actor=MAX, reason="Timing", occurred_at=t(2, 4, i))
+            handle(app, LoseDeal(deal_id=deal, actor=MAX, reason="Timing", occurred_at=t(2, 4, i)))
         if i == 0:
-            app.reopen_deal(deal, actor=MAX, stage="Quote sent", occurred_at=t(2, 5, i))
+            handle(
+                app, ReopenDeal(deal_id=deal, actor=MAX, stage="Quote sent", occurred_at=t(2, 5, i))
+            )
         if i == 5:
-            app.win_deal(deal, actor=MAX, occurred_at=t(2, 6))
+            handle(app, WinDeal(deal_id=deal, actor=MAX, occurred_at=t(2, 6)))
         if i in (1, 4):
-            app.update_deal(deal, actor=MAX, fields={"value": "999.99"}, occurred_at=t(2, 7, i))
+            handle(app, UpdateDeal(deal_id=deal, actor=MAX, value="999.99", occurred_at=t(2, 7, i)))
     await worker.catch_up()
 
     rows = await table_rows(stores.engine, stores.projections["current_pipeline"], "deals")
@@ -861,16 +926,16 @@ async def test_an_unknown_event_type_is_skipped_and_counted_and_the_worker_goes_
 ) -> None:
     app, worker = stores.app, stores.worker
     p = define_default_pipeline(app, "Mixed", t(3, 1))
-    before = app.create_deal(
-        actor=RITA, pipeline_id=p, title="Before", value="100", occurred_at=t(3, 2)
+    before = handle(
+        app, CreateDeal(actor=RITA, pipeline_id=p, title="Before", value="100", occurred_at=t(3, 2))
     )
     gadget = Gadget(label="left-handed")
     gadget.polish(shine=3)
     app.save(gadget)
-    after = app.create_deal(
-        actor=RITA, pipeline_id=p, title="After", value="200", occurred_at=t(3, 3)
+    after = handle(
+        app, CreateDeal(actor=RITA, pipeline_id=p, title="After", value="200", occurred_at=t(3, 3))
     )
-    app.advance_deal(after.id, actor=RITA, stage="Quote sent", occurred_at=t(3, 4))
+    handle(app, AdvanceDeal(deal_id=after.id, actor=RITA, stage="Quote sent", occurred_at=t(3, 4)))
 
     await worker.catch_up()
 

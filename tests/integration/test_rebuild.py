@@ -21,7 +21,17 @@ from sqlalchemy import func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.application.app import DealtrailApplication
+from libs.application.handlers import handle
 from libs.domain.actors import Actor, Role
+from libs.domain.commands import (
+    AdvanceDeal,
+    CreateDeal,
+    DefinePipeline,
+    LoseDeal,
+    ReopenDeal,
+    UpdateDeal,
+    WinDeal,
+)
 from libs.domain.pipeline import default_template
 from services.demo.generator import generate
 from services.projections import rebuild as rebuild_module
@@ -61,21 +71,27 @@ STAGES_B = [
 def define_pipelines(app: DealtrailApplication, when: datetime) -> list[tuple[UUID, list[str]]]:
     """Two pipelines: the default B2B stages, and three stages of its own."""
     template = default_template()
-    first = app.define_pipeline(
-        actor=ACTORS[0],
-        name="New business",
-        currency="EUR",
-        stages=template["stages"],
-        lost_reasons=template["lost_reasons"],
-        occurred_at=when,
+    first = handle(
+        app,
+        DefinePipeline(
+            actor=ACTORS[0],
+            name="New business",
+            currency="EUR",
+            stages=template["stages"],
+            lost_reasons=template["lost_reasons"],
+            occurred_at=when,
+        ),
     )
-    second = app.define_pipeline(
-        actor=ACTORS[1],
-        name="Partners",
-        currency="USD",
-        stages=STAGES_B,
-        lost_reasons=["Price", "Timing"],
-        occurred_at=when,
+    second = handle(
+        app,
+        DefinePipeline(
+            actor=ACTORS[1],
+            name="Partners",
+            currency="USD",
+            stages=STAGES_B,
+            lost_reasons=["Price", "Timing"],
+            occurred_at=when,
+        ),
     )
     return [
         (first.id, ["deal-created", "demo-or-meeting", "quote-sent", "negotiation"]),
@@ -108,14 +124,17 @@ def write_history(
         if not open_deals or roll < 0.2:
             pipeline_id, stages = rng.choice(pipelines)
             value = f"{rng.randint(0, 90_000)}.{rng.randint(0, 99):02d}"
-            result = app.create_deal(
-                actor=actor,
-                pipeline_id=pipeline_id,
-                title=f"{label}deal {n}",
-                value=value,
-                owner=rng.choice(OWNERS),
-                stage=rng.choice(stages[:2]),
-                occurred_at=when,
+            result = handle(
+                app,
+                CreateDeal(
+                    actor=actor,
+                    pipeline_id=pipeline_id,
+                    title=f"{label}deal {n}",
+                    value=value,
+                    owner=rng.choice(OWNERS),
+                    stage=rng.choice(stages[:2]),
+                    occurred_at=when,
+                ),
             )
             deals.append(
                 {
@@ -131,21 +150,30 @@ def write_history(
         if closed and roll < 0.28:
             deal = rng.choice(closed)
             stage = rng.choice([None, *deal["stages"]])
-            result = app.reopen_deal(deal["id"], actor=actor, stage=stage, occurred_at=when)
+            result = handle(
+                app, ReopenDeal(deal_id=deal["id"], actor=actor, stage=stage, occurred_at=when)
+            )
             deal.update(status="open", stage=result.state["stage"]["id"])
             continue
         deal = rng.choice(open_deals)
         if roll < 0.55:
             target = rng.choice([s for s in deal["stages"] if s != deal["stage"]])
-            app.advance_deal(deal["id"], actor=actor, stage=target, occurred_at=when)
+            handle(
+                app, AdvanceDeal(deal_id=deal["id"], actor=actor, stage=target, occurred_at=when)
+            )
             deal["stage"] = target
         elif roll < 0.65:
-            app.win_deal(deal["id"], actor=actor, occurred_at=when)
+            handle(app, WinDeal(deal_id=deal["id"], actor=actor, occurred_at=when))
             deal["status"] = "won"
         elif roll < 0.75:
             reason = rng.choice(["Price", "Timing"])
             note = rng.choice([None, "went elsewhere"])
-            app.lose_deal(deal["id"], actor=actor, reason=reason, note=note, occurred_at=when)
+            handle(
+                app,
+                LoseDeal(
+                    deal_id=deal["id"], actor=actor, reason=reason, note=note, occurred_at=when
+                ),
+            )
             deal["status"] = "lost"
         else:
             fields: dict[str, Any] = {}
@@ -160,7 +188,7 @@ def write_history(
             if roll > 0.95:
                 fields["title"] = f"{label}renamed deal {n}"
             if fields:
-                app.update_deal(deal["id"], actor=actor, fields=fields, occurred_at=when)
+                handle(app, UpdateDeal(deal_id=deal["id"], actor=actor, **fields, occurred_at=when))
 
 
 def varied_history(app: DealtrailApplication, deals: int, commands: int, seed: int = 7) -> None:
@@ -305,8 +333,8 @@ async def test_queries_keep_working_on_the_old_tables_during_a_rebuild_and_switc
     writes: list[asyncio.Task[Any]] = []
 
     def create(title: str, value: str) -> UUID:
-        return app.create_deal(
-            actor=ACTORS[0], pipeline_id=pipeline_id, title=title, value=value
+        return handle(
+            app, CreateDeal(actor=ACTORS[0], pipeline_id=pipeline_id, title=title, value=value)
         ).id
 
     async def append(key: str, title: str, value: str) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
-from starlette.concurrency import run_in_threadpool
+from fastapi import APIRouter
 
-from services.pipeline_api.deps import ApplicationDep, CurrentPrincipal, ReadModelsDep, RuntimeDep
+from libs.domain.commands import AssignTeam
+from services.pipeline_api.deps import CurrentPrincipal, ReadModelsDep, RuntimeDep
+from services.pipeline_api.dispatch import SendCommand
 from services.pipeline_api.errors import ERROR_RESPONSES
 from services.pipeline_api.idempotency import IdempotencyKey
 from services.pipeline_api.query_params import MinPosition
@@ -21,22 +22,10 @@ router = APIRouter(prefix="/v1/owners", tags=["owners"], responses=ERROR_RESPONS
 async def set_team(
     owner: str,
     body: OwnerTeam,
-    application: ApplicationDep,
-    principal: CurrentPrincipal,
-    response: Response,
+    send: SendCommand,
 ) -> dict[str, Any]:
     """Set an owner's team and region from `occurred_at` on (admins only)."""
-    result = await run_in_threadpool(
-        lambda: application.assign_team(
-            actor=principal,
-            owner=owner,
-            team=body.team,
-            region=body.region,
-            occurred_at=body.occurred_at,
-        )
-    )
-    response.headers["ETag"] = f'"{result.version}"'
-    return {**result.state, "position": result.position}
+    return await send(AssignTeam, owner=owner, **body.model_dump())
 
 
 @router.get("")

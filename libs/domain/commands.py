@@ -1,0 +1,279 @@
+"""Commands: what a caller asks the service to do, as it was given.
+
+One frozen dataclass per command. Each carries the caller's input unchanged (checking it
+is the aggregates' job), the ``actor`` who asks, ``occurred_at`` (business time; None
+means now) and, where the caller may ask for optimistic concurrency, the
+``expected_version`` of the aggregate (None: decide on whatever state is current, and
+re-decide after a lost race). ``UNSET`` marks a field the caller did not give, as
+distinct from None, which clears it. ``libs.application.handlers`` runs them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+from uuid import UUID
+
+from libs.domain.actors import Actor
+from libs.domain.deal import Deal
+from libs.domain.imports import DealRow
+from libs.domain.values import UNSET
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a command returns: the aggregate's new state, version and log position."""
+
+    id: UUID
+    version: int
+    position: int
+    state: dict[str, Any] = field(default_factory=dict)
+    created: bool = False
+    events: int = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class Command(Generic[R]):
+    """Every command: who asks, and when it happened in business time."""
+
+    actor: Actor
+    occurred_at: datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Change(Command[R]):
+    """A command on an existing aggregate, optionally only at the version the caller saw."""
+
+    expected_version: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineChange(Change[CommandResult]):
+    """A change of one pipeline (admins and managers)."""
+
+    pipeline_id: UUID | str
+
+
+@dataclass(frozen=True, kw_only=True)
+class DealChange(Change[CommandResult]):
+    """A command on one deal (admins, managers and its owner)."""
+
+    deal_id: UUID | str
+
+
+# --- pipelines ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class DefinePipeline(Command[CommandResult]):
+    """Define a pipeline; stages and lost reasons default to the B2B template."""
+
+    name: Any
+    currency: Any
+    stages: Any = None
+    lost_reasons: Any = None
+    allow_skipping_stages: Any = True
+    allow_moving_back: Any = True
+    stale_after_days: Any = None
+    pipeline_id: UUID | None = None  # a chosen id (generated data); random without
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChangePipeline(PipelineChange):
+    """Rename a pipeline and/or change its rules; an empty change is refused."""
+
+    name: Any = UNSET
+    allow_skipping_stages: Any = UNSET
+    allow_moving_back: Any = UNSET
+    stale_after_days: Any = UNSET
+
+
+@dataclass(frozen=True, kw_only=True)
+class AddStage(PipelineChange):
+    """Insert a stage at ``position`` (default last)."""
+
+    name: Any
+    probability: Any
+    rotting_days: Any = None
+    requires: Any = None
+    position: Any = None
+    stage_id: Any = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChangeStage(PipelineChange):
+    """Rename a stage and/or change its probability, rotting threshold or requirements."""
+
+    stage: Any
+    name: Any = UNSET
+    probability: Any = UNSET
+    rotting_days: Any = UNSET
+    requires: Any = UNSET
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReorderStages(PipelineChange):
+    """Put the stages in a new order (every current stage id once)."""
+
+    stage_order: Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class RemoveStage(PipelineChange):
+    """Remove a stage; its open deals move to ``move_open_deals_to`` in the same change."""
+
+    stage: Any
+    move_open_deals_to: Any = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AddLostReason(PipelineChange):
+    """Add a lost reason, or bring a retired one back."""
+
+    reason: Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetireLostReason(PipelineChange):
+    """Retire a lost reason: new losses may not choose it; past losses keep it."""
+
+    reason: Any
+
+
+# --- deals ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class CreateDeal(Command[CommandResult]):
+    """Open a deal; the owner defaults to the actor."""
+
+    pipeline_id: UUID | str
+    title: Any
+    value: Any
+    owner: Any = None
+    stage: Any = None
+    expected_close_date: Any = None
+    external_id: Any = None
+    account: Any = None
+    product: Any = None
+    note: Any = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdvanceDeal(DealChange):
+    """Move a deal to another stage of its pipeline."""
+
+    stage: Any
+    note: Any = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class WinDeal(DealChange):
+    """Close a deal as won."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoseDeal(DealChange):
+    """Close a deal as lost, with one of the pipeline's active reasons."""
+
+    reason: Any
+    note: Any = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReopenDeal(DealChange):
+    """Reopen a closed deal (in the stage it closed in, or ``stage``)."""
+
+    stage: Any = None
+    note: Any = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpdateDeal(DealChange):
+    """Change any of a deal's fields; only those given change."""
+
+    title: Any = UNSET
+    value: Any = UNSET
+    expected_close_date: Any = UNSET
+    account: Any = UNSET
+    product: Any = UNSET
+    owner: Any = UNSET
+    probability_override: Any = UNSET
+
+
+@dataclass(frozen=True, kw_only=True)
+class MoveDeal(DealChange):
+    """Move a deal into another pipeline of the same currency, keeping its history."""
+
+    pipeline_id: UUID | str
+    stage: Any = None
+    note: Any = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SnoozeDeal(DealChange):
+    """Keep a deal off the stale list until ``until``."""
+
+    until: Any
+    reason: Any
+
+
+# --- owners ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class AssignTeam(Command[CommandResult]):
+    """Set an owner's team and region (registering the owner on first use)."""
+
+    owner: Any
+    team: Any
+    region: Any
+
+
+# --- imports and generated history ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RowOutcome:
+    """What importing one row did: ``created``, ``changed``, ``unchanged`` or
+    ``rejected`` (with the reason)."""
+
+    row: DealRow
+    outcome: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What a batch command stored: each row's outcome, events appended, last position."""
+
+    rows: tuple[RowOutcome, ...] = ()
+    events: int = 0
+    position: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportDeals(Command[BatchResult]):
+    """Bring the deals of these rows to the state each row describes, in one transaction.
+
+    ``fresh_pipelines`` are pipelines defined by the same import: they have no stored
+    deals to compare with. With ``dry_run`` nothing is stored (every row is still
+    checked). After a lost race the batch is re-planned row by row on fresh state when
+    ``retry`` is set; otherwise the race is reported (ConcurrentModification).
+    """
+
+    rows: tuple[DealRow, ...]
+    fresh_pipelines: frozenset[UUID] = frozenset()
+    dry_run: bool = False
+    retry: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecordHistory(Command[BatchResult]):
+    """Store deals whose events were decided in memory by the Deal's own commands
+    (generated demo history), in one transaction."""
+
+    deals: tuple[Deal, ...]

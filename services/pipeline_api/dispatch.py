@@ -1,0 +1,107 @@
+"""The one path of every command route: build the command, run it, answer.
+
+A route parses its input and names the command; ``SendChange`` (commands on an existing
+aggregate, which honour ``If-Match``) or ``SendCommand`` (commands that create) fill in
+the caller as actor and the expected version, run the command through the handlers off
+the event loop, and answer with the new state, its ``position``, ``ETag`` and, for
+what a command created, ``Location``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any
+from uuid import UUID
+
+import anyio.from_thread
+from fastapi import Depends, Response
+from starlette.concurrency import run_in_threadpool
+
+from libs.application.handlers import handle
+from libs.domain.actors import Actor
+from libs.domain.commands import Change, Command, CommandResult
+from services.pipeline_api.deps import CurrentPrincipal, ExpectedVersion, ReachableRuntime
+from services.projections import current_pipeline
+from services.projections.current_pipeline import DealFilter
+from services.projections.reading import ReadModels
+from services.runtime.bootstrap import Runtime
+
+# Open deals of a stage are read from the read model in pages of this many.
+OPEN_DEALS_PAGE = 500
+
+
+async def open_deals_in_stage(
+    models: ReadModels, pipeline_id: UUID, stage_id: str, at_least: int
+) -> list[str]:
+    """Ids of the open deals the read model shows in a stage, once it has reached
+    ``at_least`` (waiting as every query does)."""
+    filters = DealFilter(pipeline_id=pipeline_id, stage=stage_id, status="open")
+    ids: list[str] = []
+    async with models.open("current_pipeline", at_least) as view:
+        after = None
+        while True:
+            rows = await current_pipeline.list_deals(
+                view.conn, view.tables, filters, after, OPEN_DEALS_PAGE
+            )
+            ids += [r["deal_id"] for r in rows]
+            if len(rows) < OPEN_DEALS_PAGE:
+                return ids
+            after = (rows[-1]["created_at"], rows[-1]["deal_id"])
+
+
+class Sender:
+    """Runs one request's commands as its principal and shapes their answers."""
+
+    def __init__(
+        self, runtime: Runtime, actor: Actor, expected_version: int | None, response: Response
+    ) -> None:
+        self.runtime = runtime
+        self.actor = actor
+        self.expected_version = expected_version
+        self.response = response
+
+    def _open_deals(self, pipeline_id: UUID, stage_id: str, at_least: int) -> Sequence[str]:
+        # Called by a handler in a worker thread; the read model is read on the loop.
+        models = self.runtime.read_models
+        return anyio.from_thread.run(open_deals_in_stage, models, pipeline_id, stage_id, at_least)
+
+    async def __call__(
+        self,
+        command_type: type[Command[CommandResult]],
+        /,
+        *,
+        location: str | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Run ``command_type(**fields)``; ``location``: where what it creates is read."""
+        if issubclass(command_type, Change):
+            fields["expected_version"] = self.expected_version
+        command = command_type(actor=self.actor, **fields)
+        result = await run_in_threadpool(
+            lambda: handle(self.runtime.application, command, open_deals_in_stage=self._open_deals)
+        )
+        if result.created and location is not None:
+            self.response.headers["Location"] = f"{location}/{result.id}"
+        self.response.headers["ETag"] = f'"{result.version}"'
+        return {**result.state, "position": result.position}
+
+
+async def change_sender(
+    runtime: ReachableRuntime,
+    principal: CurrentPrincipal,
+    version: ExpectedVersion,
+    response: Response,
+) -> Sender:
+    return Sender(runtime, principal, version, response)
+
+
+async def command_sender(
+    runtime: ReachableRuntime, principal: CurrentPrincipal, response: Response
+) -> Sender:
+    return Sender(runtime, principal, None, response)
+
+
+SendChange = Annotated[Sender, Depends(change_sender)]
+"""Commands on an existing aggregate: ``If-Match`` names the version they expect."""
+SendCommand = Annotated[Sender, Depends(command_sender)]
+"""Commands that create (a pipeline, a deal, an owner's membership): no ``If-Match``."""
