@@ -44,6 +44,7 @@ from libs.domain.commands import (
     DealChange,
     DefinePipeline,
     ImportDeals,
+    ImportSetup,
     LoseDeal,
     MoveDeal,
     PipelineChange,
@@ -67,7 +68,7 @@ from libs.domain.errors import (
     StaleVersion,
 )
 from libs.domain.imports import DealRow, plan_deal
-from libs.domain.owner import Owner
+from libs.domain.owner import Owner, owner_id_for
 from libs.domain.pipeline import Pipeline, default_template
 from libs.domain.times import to_utc
 from libs.domain.values import UNSET
@@ -477,17 +478,21 @@ def move_deal(run: Run, c: MoveDeal) -> CommandResult:
 # --- owners ---------------------------------------------------------------------------
 
 
+def _team_assigned(run: Run, c: AssignTeam, known: Owner | None) -> Owner:
+    """The owner registered in, or moved to, the command's team and region (in memory)."""
+    stamp = _stamp(run, c)
+    if known is None:
+        return Owner.register(name=c.owner, team=c.team, region=c.region, **stamp)
+    known.assign(team=c.team, region=c.region, **stamp)
+    return known
+
+
 def assign_team(run: Run, c: AssignTeam) -> CommandResult:
     """Set an owner's team and region (registering the owner on first use)."""
     c.actor.check_may_manage_teams()
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        stamp = _stamp(run, c)
         existing = run.application.get_owner(c.owner) if isinstance(c.owner, str) else None
-        if existing is None:
-            profile = Owner.register(name=c.owner, team=c.team, region=c.region, **stamp)
-        else:
-            profile = existing
-            profile.assign(team=c.team, region=c.region, **stamp)
+        profile = _team_assigned(run, c, existing)
         try:
             position = run.store(profile)
         except IntegrityError:
@@ -597,6 +602,39 @@ def _import_one_by_one(
     return BatchResult(tuple(outcomes), len(run.events), run.position or None)
 
 
+def import_setup(run: Run, c: ImportSetup) -> BatchResult:
+    """Decide every setup command on the aggregates as the earlier ones left them, then
+    store them all in one transaction (a lost race stores nothing)."""
+    app = run.application
+    touched: dict[UUID, Aggregate] = {}
+    for command in c.commands:
+        aggregate: Aggregate
+        if isinstance(command, DefinePipeline):
+            aggregate = pipeline_defined_by(command, *run.when(command.occurred_at))
+        elif isinstance(command, AddLostReason):
+            command.actor.check_may_manage_pipelines()
+            known = touched.get(UUID(str(command.pipeline_id)))
+            pipeline = (
+                known if isinstance(known, Pipeline) else app.get_pipeline(command.pipeline_id)
+            )
+            _check_version(pipeline, command.expected_version, "pipeline")
+            pipeline.add_lost_reason(command.reason, **_stamp(run, command))
+            aggregate = pipeline
+        else:
+            command.actor.check_may_manage_teams()
+            known = touched.get(owner_id_for(str(command.owner).strip()))
+            owner = known if isinstance(known, Owner) else app.get_owner(command.owner)
+            aggregate = _team_assigned(run, command, owner)
+        touched.setdefault(aggregate.id, aggregate)
+    try:
+        position = run.store(*touched.values())
+    except IntegrityError:
+        raise ConcurrentModification(
+            "a pipeline or owner changed while the import was starting; run it again"
+        ) from None
+    return BatchResult((), len(run.events), position)
+
+
 def record_history(run: Run, c: RecordHistory) -> BatchResult:
     position = run.store(*c.deals)
     return BatchResult((), len(run.events), position)
@@ -623,6 +661,7 @@ HANDLERS: Mapping[type[Command[Any]], Callable[[Run, Any], Any]] = {
     SnoozeDeal: snooze_deal,
     AssignTeam: assign_team,
     ImportDeals: import_deals,
+    ImportSetup: import_setup,
     RecordHistory: record_history,
 }
 

@@ -28,10 +28,9 @@ from libs.domain.commands import (
     AddLostReason,
     AssignTeam,
     BatchResult,
-    Command,
-    CommandResult,
     DefinePipeline,
     ImportDeals,
+    ImportSetup,
 )
 from libs.domain.errors import ConcurrentModification, DomainError
 from libs.domain.imports import DealRow, RowError, later
@@ -122,7 +121,7 @@ class DealImporter:
         self.report = ImportReport()
         # Setup commands, sent before the first batch; the pipelines and owners as they
         # will be once it is stored (rows are planned against them).
-        self._setup: list[Command[CommandResult]] = []
+        self._setup: list[DefinePipeline | AddLostReason | AssignTeam] = []
         self._owners: dict[str, Owner] = {}
         self._new_pipelines: set[UUID] = set()
         self._batch: list[DealRow] = []
@@ -319,15 +318,17 @@ class DealImporter:
             self.progress(n)
 
     def _save_setup(self) -> None:
-        commands, self._setup = self._setup, []
-        for command in commands:
-            try:
-                result = handle(self.app, command)
-            except DomainError:
-                raise ImportAborted(
-                    "a pipeline or owner changed while the import was starting; run it again"
-                ) from None
-            self.report.events += result.events
+        if not self._setup:
+            return
+        setup = ImportSetup(actor=self.actor, commands=tuple(self._setup))
+        self._setup = []
+        try:
+            result = handle(self.app, setup)
+        except DomainError:
+            raise ImportAborted(
+                "a pipeline or owner changed while the import was starting; run it again"
+            ) from None
+        self.report.events += result.events
 
     def _flush(self) -> None:
         rows, self._batch = self._batch, []

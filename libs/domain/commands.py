@@ -272,6 +272,15 @@ class ImportDeals(Command[BatchResult]):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ImportSetup(Command[BatchResult]):
+    """The pipelines, lost reasons and owners' teams an import (or generated history)
+    starts with, each decided on the state the ones before it left, and stored together
+    in one transaction: all of them or none."""
+
+    commands: tuple[DefinePipeline | AddLostReason | AssignTeam, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
 class RecordHistory(Command[BatchResult]):
     """Store deals whose events were decided in memory by the Deal's own commands
     (generated demo history), in one transaction."""

@@ -30,7 +30,7 @@ from libs.application.app import DealtrailApplication
 from libs.application.handlers import handle, pipeline_defined_by
 from libs.application.importing import DEFAULT_BATCH_SIZE
 from libs.domain.actors import Actor, Role
-from libs.domain.commands import AssignTeam, DefinePipeline, RecordHistory
+from libs.domain.commands import AssignTeam, DefinePipeline, ImportSetup, RecordHistory
 from libs.domain.deal import OPEN, Deal
 from libs.domain.pipeline import DEFAULT_LOST_REASONS, Pipeline
 
@@ -418,8 +418,8 @@ def generate(
         pipelines={p.name: p.id for _, p in world.pipelines},
         owners=[rep.name for rep in world.reps],
     )
-    setup: list[DefinePipeline | AssignTeam] = [*world.definitions, *owners]
-    result.events += sum(handle(app, command).events for command in setup)
+    setup = ImportSetup(actor=SETUP_ACTOR, commands=(*world.definitions, *owners))
+    result.events += handle(app, setup).events
 
     walk = _DealWalk(world, rng, start, end, now)
     most_events = 0
