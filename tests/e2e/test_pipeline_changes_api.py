@@ -661,8 +661,8 @@ async def test_pipeline_rules_hold_over_http_for_backdated_commands_too(
 async def test_a_deal_that_enters_a_stage_while_it_is_removed_is_moved_after_it_by_the_policy(
     api: httpx.AsyncClient,
 ) -> None:
-    services = api.app.state.services  # type: ignore[attr-defined]
-    app, models = services.app, services.read_models
+    runtime = api.app.state.runtime  # type: ignore[attr-defined]
+    app, models = runtime.application, runtime.read_models
     pipeline = await define_pipeline(api)
     pid = pipeline["id"]
     early = await create_deal(api, pid, "1000.00", stage="quote-sent")
@@ -709,7 +709,7 @@ async def test_a_deal_that_enters_a_stage_while_it_is_removed_is_moved_after_it_
 async def test_removing_a_stage_without_moving_its_deals_runs_no_sweep(
     api: httpx.AsyncClient,
 ) -> None:
-    services = api.app.state.services  # type: ignore[attr-defined]
+    runtime = api.app.state.runtime  # type: ignore[attr-defined]
     pipeline = await define_pipeline(api)
     looked: list[str] = []
 
@@ -721,7 +721,7 @@ async def test_removing_a_stage_without_moving_its_deals_runs_no_sweep(
         actor=Actor(name="max", role=Role.MANAGER), pipeline_id=pipeline["id"], stage="quote-sent"
     )
     result = await anyio.to_thread.run_sync(
-        lambda: handle(services.app, removal, open_deals_in_stage=open_deals)
+        lambda: handle(runtime.application, removal, open_deals_in_stage=open_deals)
     )
 
     assert looked == ["quote-sent"]  # the removal's own look-up, no policy round
