@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Final
@@ -22,7 +23,12 @@ from libs.domain.errors import (
     PipelineMismatch,
     SkippingStagesNotAllowed,
 )
+from libs.domain.events import EventType as E
 from libs.domain.pipeline import Pipeline, Stage, check_probability
+from libs.domain.state import LOST as LOST
+from libs.domain.state import OPEN as OPEN
+from libs.domain.state import WON as WON
+from libs.domain.state import DealState, deal_after
 from libs.domain.times import check_ahead, check_day, check_occurred_at
 from libs.domain.values import (
     MAX_NAME_LENGTH,
@@ -34,7 +40,6 @@ from libs.domain.values import (
     format_money,
 )
 
-OPEN, WON, LOST = "open", "won", "lost"
 MAX_EXTERNAL_ID_LENGTH = 200
 
 # Deal ids derived from (pipeline, external id) make imports idempotent: the same
@@ -74,9 +79,27 @@ def check_expected_close_date(value: Any, *, today: date) -> date | None:
 
 
 class Deal(Aggregate):
-    """A sales opportunity: value, owner, stage and outcome, with every change kept."""
+    """A sales opportunity: value, owner, stage and outcome, with every change kept.
 
-    @event("DealCreated")
+    Its state (:class:`DealState`) is the fold of its events (``libs/domain/state.py``);
+    the state's fields read as the deal's attributes (``deal.status``, ``deal.owner``).
+    """
+
+    state: DealState
+
+    def _fold(self, event_type: str, payload: Mapping[str, Any]) -> None:
+        """Apply one of the deal's events to its state, through the one fold."""
+        state = deal_after(self.__dict__.get("state"), event_type, payload, payload["occurred_at"])
+        assert state is not None, "a deal's first event is its creation"
+        self.state = state
+
+    def __getattr__(self, name: str) -> Any:
+        state = self.__dict__.get("state")
+        if state is not None and name in DealState.__dataclass_fields__:
+            return getattr(state, name)
+        raise AttributeError(name)
+
+    @event(E.DEAL_CREATED)
     def __init__(
         self,
         pipeline_id: UUID,
@@ -93,25 +116,7 @@ class Deal(Aggregate):
         product: str | None = None,
         note: str | None = None,
     ) -> None:
-        self.pipeline_id = pipeline_id
-        self.title = title
-        self.value = value
-        self.owner = owner
-        self.stage_id = stage_id
-        self.status = OPEN
-        self.expected_close_date = expected_close_date
-        self.external_id = external_id
-        self.account = account
-        self.product = product
-        self.probability_override: int | None = None
-        self.lost_reason: str | None = None
-        self.lost_note: str | None = None
-        self.created_at = occurred_at
-        self.closed_at: datetime | None = None
-        self.stage_entered_at = occurred_at
-        self.last_occurred_at = occurred_at
-        self.snoozed_until: datetime | None = None
-        self.snooze_reason: str | None = None
+        self._fold(E.DEAL_CREATED, locals())
 
     @classmethod
     def create(
@@ -311,7 +316,7 @@ class Deal(Aggregate):
             occurred_at=occurred_at,
         )
 
-    @event("DealMoved")
+    @event(E.DEAL_MOVED)
     def _moved(
         self,
         from_pipeline_id: UUID,
@@ -324,12 +329,9 @@ class Deal(Aggregate):
         actor: str,
         occurred_at: datetime,
     ) -> None:
-        self.pipeline_id = to_pipeline_id
-        self.stage_id = to_stage_id
-        self.stage_entered_at = occurred_at
-        self.last_occurred_at = occurred_at
+        self._fold(E.DEAL_MOVED, locals())
 
-    @event("StageAdvanced")
+    @event(E.STAGE_ADVANCED)
     def _stage_advanced(
         self,
         from_stage_id: str,
@@ -342,9 +344,7 @@ class Deal(Aggregate):
         note: str | None = None,
         cause: dict[str, Any] | None = None,
     ) -> None:
-        self.stage_id = to_stage_id
-        self.stage_entered_at = occurred_at
-        self.last_occurred_at = occurred_at
+        self._fold(E.STAGE_ADVANCED, locals())
 
     def win(self, pipeline: Pipeline, *, actor: str, occurred_at: datetime, now: datetime) -> None:
         """Close the deal as won, in the stage it sits in."""
@@ -359,11 +359,9 @@ class Deal(Aggregate):
             occurred_at=occurred_at,
         )
 
-    @event("DealWon")
+    @event(E.DEAL_WON)
     def _won(self, stage_id: str, stage_name: str, actor: str, occurred_at: datetime) -> None:
-        self.status = WON
-        self.closed_at = occurred_at
-        self.last_occurred_at = occurred_at
+        self._fold(E.DEAL_WON, locals())
 
     def lose(
         self,
@@ -391,7 +389,7 @@ class Deal(Aggregate):
             occurred_at=occurred_at,
         )
 
-    @event("DealLost")
+    @event(E.DEAL_LOST)
     def _lost(
         self,
         reason: str,
@@ -401,11 +399,7 @@ class Deal(Aggregate):
         actor: str,
         occurred_at: datetime,
     ) -> None:
-        self.status = LOST
-        self.lost_reason = reason
-        self.lost_note = note
-        self.closed_at = occurred_at
-        self.last_occurred_at = occurred_at
+        self._fold(E.DEAL_LOST, locals())
 
     def reopen(
         self,
@@ -435,7 +429,7 @@ class Deal(Aggregate):
             occurred_at=occurred_at,
         )
 
-    @event("DealReopened")
+    @event(E.DEAL_REOPENED)
     def _reopened(
         self,
         previous_status: str,
@@ -447,13 +441,7 @@ class Deal(Aggregate):
         occurred_at: datetime,
         note: str | None = None,
     ) -> None:
-        self.status = OPEN
-        self.stage_id = stage_id
-        self.stage_entered_at = occurred_at
-        self.lost_reason = None
-        self.lost_note = None
-        self.closed_at = None
-        self.last_occurred_at = occurred_at
+        self._fold(E.DEAL_REOPENED, locals())
 
     def snooze(
         self,
@@ -473,11 +461,9 @@ class Deal(Aggregate):
             raise InvalidInput("until must be after the time of the snooze", field="until")
         self._snoozed(until=until, reason=checked_reason, actor=actor, occurred_at=occurred_at)
 
-    @event("DealSnoozed")
+    @event(E.DEAL_SNOOZED)
     def _snoozed(self, until: datetime, reason: str, actor: str, occurred_at: datetime) -> None:
-        self.snoozed_until = until
-        self.snooze_reason = reason
-        self.last_occurred_at = occurred_at
+        self._fold(E.DEAL_SNOOZED, locals())
 
     def update(
         self,
@@ -529,20 +515,17 @@ class Deal(Aggregate):
                 from_owner=self.owner, to_owner=new_owner, actor=actor, occurred_at=occurred_at
             )
 
-    @event("DealUpdated")
+    @event(E.DEAL_UPDATED)
     def _updated(
         self, changes: dict[str, Any], previous: dict[str, Any], actor: str, occurred_at: datetime
     ) -> None:
-        for key, val in changes.items():
-            setattr(self, key, val)
-        self.last_occurred_at = occurred_at
+        self._fold(E.DEAL_UPDATED, locals())
 
-    @event("OwnerChanged")
+    @event(E.OWNER_CHANGED)
     def _owner_changed(
         self, from_owner: str, to_owner: str, actor: str, occurred_at: datetime
     ) -> None:
-        self.owner = to_owner
-        self.last_occurred_at = occurred_at
+        self._fold(E.OWNER_CHANGED, locals())
 
     def as_dict(self, pipeline: Pipeline | None = None) -> dict[str, Any]:
         """The deal's current state as simple types."""

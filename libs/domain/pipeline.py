@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -19,6 +18,9 @@ from libs.domain.errors import (
     UnknownLostReason,
     UnknownStage,
 )
+from libs.domain.events import EventType as E
+from libs.domain.state import PipelineState, pipeline_after
+from libs.domain.state import Stage as Stage
 from libs.domain.times import check_occurred_at
 from libs.domain.values import (
     MAX_NAME_LENGTH,
@@ -48,32 +50,6 @@ DEFAULT_LOST_REASONS: tuple[str, ...] = (
     "Product fit",
     "Other",
 )
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One step of a pipeline; its id stays the same when the stage is renamed."""
-
-    id: str
-    name: str
-    probability: int
-    rotting_days: int | None = None
-    requires: tuple[str, ...] = ()
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Stage:
-        return cls(
-            id=data["id"],
-            name=data["name"],
-            probability=data["probability"],
-            rotting_days=data.get("rotting_days"),
-            requires=tuple(data.get("requires") or ()),
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["requires"] = list(self.requires)
-        return data
 
 
 def default_template() -> dict[str, Any]:
@@ -172,9 +148,29 @@ def check_lost_reasons(raw_reasons: Any) -> list[str]:
 
 
 class Pipeline(Aggregate):
-    """A sales process: a currency, ordered stages, lost reasons and the rules deals obey."""
+    """A sales process: a currency, ordered stages, lost reasons and the rules deals obey.
 
-    @event("PipelineDefined")
+    Its state (:class:`PipelineState`) is the fold of its events (``libs/domain/state.py``);
+    the state's fields and questions read as the pipeline's (``pipeline.stages``,
+    ``pipeline.stage_name(id)``).
+    """
+
+    state: PipelineState
+
+    def _fold(self, event_type: str, payload: Mapping[str, Any]) -> None:
+        """Apply one of the pipeline's events to its state, through the one fold."""
+        before = self.__dict__.get("state")
+        state = pipeline_after(before, event_type, payload, payload["occurred_at"])
+        assert state is not None, "a pipeline's first event is its definition"
+        self.state = state
+
+    def __getattr__(self, name: str) -> Any:
+        state = self.__dict__.get("state")
+        if state is None:
+            raise AttributeError(name)
+        return getattr(state, name)
+
+    @event(E.PIPELINE_DEFINED)
     def __init__(
         self,
         name: str,
@@ -188,18 +184,7 @@ class Pipeline(Aggregate):
         stale_after_days: int | None = None,
         id: UUID | None = None,  # the library's way to choose the id; not in the event
     ) -> None:
-        self.name = name
-        self.currency = currency
-        self.stages = [Stage.from_dict(s) for s in stages]
-        self.removed_stages: list[Stage] = []
-        self.lost_reasons = list(lost_reasons)
-        self.retired_lost_reasons: list[str] = []
-        self.allow_skipping_stages = allow_skipping_stages
-        self.allow_moving_back = allow_moving_back
-        self.stale_after_days = stale_after_days
-        self.created_by = actor
-        self.defined_at = occurred_at
-        self.last_occurred_at = occurred_at
+        self._fold(E.PIPELINE_DEFINED, locals())
 
     @classmethod
     def define(
@@ -244,65 +229,45 @@ class Pipeline(Aggregate):
 
     @property
     def first_stage(self) -> Stage:
-        return self.stages[0]
+        return self.state.stages[0]
 
     def stage(self, ref: Any) -> Stage:
         """Find a current stage by id, or by name ignoring case; raise UnknownStage otherwise."""
         if isinstance(ref, str):
-            for stage in self.stages:
+            for stage in self.state.stages:
                 if stage.id == ref:
                     return stage
-            for stage in self.stages:
+            for stage in self.state.stages:
                 if stage.name.casefold() == ref.strip().casefold():
                     return stage
-        known = ", ".join(repr(s.name) for s in self.stages)
-        removed = [s for s in self.removed_stages if ref in (s.id, s.name)]
+        known = ", ".join(repr(s.name) for s in self.state.stages)
+        removed = [s for s in self.state.removed_stages if ref in (s.id, s.name)]
         why = " (it was removed)" if removed else ""
         raise UnknownStage(
-            f"stage {ref!r} is not in pipeline {self.name!r}{why} (stages: {known})",
-            details={"stages": [s.id for s in self.stages]},
+            f"stage {ref!r} is not in pipeline {self.state.name!r}{why} (stages: {known})",
+            details={"stages": [s.id for s in self.state.stages]},
         )
-
-    def position_of(self, stage_id: str) -> int:
-        """Index of a current stage; -1 for a removed or unknown one."""
-        for i, stage in enumerate(self.stages):
-            if stage.id == stage_id:
-                return i
-        return -1
-
-    def stage_name(self, stage_id: str) -> str:
-        """The stage's name now (or its last name, if it was removed)."""
-        for stage in (*self.stages, *self.removed_stages):
-            if stage.id == stage_id:
-                return stage.name
-        return stage_id
-
-    def probability_of(self, stage_id: str) -> int:
-        for stage in (*self.stages, *self.removed_stages):
-            if stage.id == stage_id:
-                return stage.probability
-        return 0
 
     def check_lost_reason(self, reason: Any) -> str:
         """Return the pipeline's spelling of ``reason``; raise if it is not an active one."""
         if isinstance(reason, str):
-            for known in self.lost_reasons:
+            for known in self.state.lost_reasons:
                 if known.casefold() == reason.strip().casefold():
                     return known
-            for retired in self.retired_lost_reasons:
+            for retired in self.state.retired_lost_reasons:
                 if retired.casefold() == reason.strip().casefold():
                     raise UnknownLostReason(
                         f"lost reason {retired!r} is retired and cannot be chosen for new losses",
-                        details={"lost_reasons": list(self.lost_reasons)},
+                        details={"lost_reasons": list(self.state.lost_reasons)},
                     )
         raise UnknownLostReason(
             f"reason {reason!r} is not one of the pipeline's lost reasons; "
             "put free text in the note",
-            details={"lost_reasons": list(self.lost_reasons)},
+            details={"lost_reasons": list(self.state.lost_reasons)},
         )
 
     def check_when(self, occurred_at: datetime, now: datetime) -> None:
-        check_occurred_at(occurred_at, now=now, previous=self.last_occurred_at)
+        check_occurred_at(occurred_at, now=now, previous=self.state.last_occurred_at)
 
     # --- changes ----------------------------------------------------------------------
 
@@ -320,19 +285,20 @@ class Pipeline(Aggregate):
         now: datetime,
     ) -> Stage:
         """Insert a stage at ``index`` (default: last); its id must be new to this pipeline."""
-        if len(self.stages) >= MAX_STAGES:
+        if len(self.state.stages) >= MAX_STAGES:
             raise InvalidPipeline(f"a pipeline has at most {MAX_STAGES} stages", field="stages")
         if index is None:
-            index = len(self.stages)
+            index = len(self.state.stages)
         if (
             isinstance(index, bool)
             or not isinstance(index, int)
-            or not 0 <= index <= len(self.stages)
+            or not 0 <= index <= len(self.state.stages)
         ):
             raise InvalidInput(
-                f"position must be a whole number from 0 to {len(self.stages)}", field="position"
+                f"position must be a whole number from 0 to {len(self.state.stages)}",
+                field="position",
             )
-        taken = {s.id for s in (*self.stages, *self.removed_stages)}
+        taken = {s.id for s in (*self.state.stages, *self.state.removed_stages)}
         raw = {
             "name": name,
             "probability": probability,
@@ -346,12 +312,11 @@ class Pipeline(Aggregate):
         self._stage_added(stage=stage.as_dict(), index=index, actor=actor, occurred_at=occurred_at)
         return stage
 
-    @event("StageAdded")
+    @event(E.STAGE_ADDED)
     def _stage_added(
         self, stage: dict[str, Any], index: int, actor: str, occurred_at: datetime
     ) -> None:
-        self.stages.insert(index, Stage.from_dict(stage))
-        self.last_occurred_at = occurred_at
+        self._fold(E.STAGE_ADDED, locals())
 
     def rename_stage(
         self, stage: Any, *, name: Any, actor: str, occurred_at: datetime, now: datetime
@@ -370,12 +335,11 @@ class Pipeline(Aggregate):
             occurred_at=occurred_at,
         )
 
-    @event("StageRenamed")
+    @event(E.STAGE_RENAMED)
     def _stage_renamed(
         self, stage_id: str, from_name: str, to_name: str, actor: str, occurred_at: datetime
     ) -> None:
-        self.stages = [replace(s, name=to_name) if s.id == stage_id else s for s in self.stages]
-        self.last_occurred_at = occurred_at
+        self._fold(E.STAGE_RENAMED, locals())
 
     def update_stage(
         self,
@@ -410,7 +374,7 @@ class Pipeline(Aggregate):
             occurred_at=occurred_at,
         )
 
-    @event("StageUpdated")
+    @event(E.STAGE_UPDATED)
     def _stage_updated(
         self,
         stage_id: str,
@@ -419,19 +383,13 @@ class Pipeline(Aggregate):
         actor: str,
         occurred_at: datetime,
     ) -> None:
-        updated = []
-        for s in self.stages:
-            if s.id == stage_id:
-                s = Stage.from_dict({**s.as_dict(), **changes})
-            updated.append(s)
-        self.stages = updated
-        self.last_occurred_at = occurred_at
+        self._fold(E.STAGE_UPDATED, locals())
 
     def reorder_stages(
         self, order: Any, *, actor: str, occurred_at: datetime, now: datetime
     ) -> None:
         """Put the current stages in a new order; ``order`` lists every stage id once."""
-        current = [s.id for s in self.stages]
+        current = [s.id for s in self.state.stages]
         if not isinstance(order, list) or sorted(map(str, order)) != sorted(current):
             raise InvalidInput(
                 f"stage_order must list each of the current stage ids once: {current}",
@@ -444,13 +402,11 @@ class Pipeline(Aggregate):
             order=list(order), previous_order=current, actor=actor, occurred_at=occurred_at
         )
 
-    @event("StagesReordered")
+    @event(E.STAGES_REORDERED)
     def _stages_reordered(
         self, order: list[str], previous_order: list[str], actor: str, occurred_at: datetime
     ) -> None:
-        by_id = {s.id: s for s in self.stages}
-        self.stages = [by_id[i] for i in order]
-        self.last_occurred_at = occurred_at
+        self._fold(E.STAGES_REORDERED, locals())
 
     def remove_stage(
         self,
@@ -467,7 +423,7 @@ class Pipeline(Aggregate):
         Returns the stage the open deals move to (None when there were none to move).
         """
         target = self.stage(stage)
-        if len(self.stages) == 1:
+        if len(self.state.stages) == 1:
             raise RuleViolation("the last stage of a pipeline cannot be removed")
         destination = None
         if move_open_deals_to is not None:
@@ -499,7 +455,7 @@ class Pipeline(Aggregate):
         )
         return destination if open_deals else None
 
-    @event("StageRemoved")
+    @event(E.STAGE_REMOVED)
     def _stage_removed(
         self,
         stage_id: str,
@@ -509,60 +465,55 @@ class Pipeline(Aggregate):
         actor: str,
         occurred_at: datetime,
     ) -> None:
-        self.removed_stages += [s for s in self.stages if s.id == stage_id]
-        self.stages = [s for s in self.stages if s.id != stage_id]
-        self.last_occurred_at = occurred_at
+        self._fold(E.STAGE_REMOVED, locals())
 
     def add_lost_reason(
         self, reason: Any, *, actor: str, occurred_at: datetime, now: datetime
     ) -> None:
         """Add a lost reason, or bring a retired one back."""
         text = check_text(reason, "reason", max_length=MAX_NAME_LENGTH)
-        if any(r.casefold() == text.casefold() for r in self.lost_reasons):
+        if any(r.casefold() == text.casefold() for r in self.state.lost_reasons):
             raise NothingToChange(f"lost reason {text!r} is already listed", field="reason")
-        if len(self.lost_reasons) >= MAX_LOST_REASONS:
+        if len(self.state.lost_reasons) >= MAX_LOST_REASONS:
             raise InvalidPipeline(
                 f"a pipeline has at most {MAX_LOST_REASONS} lost reasons", field="reason"
             )
-        for retired in self.retired_lost_reasons:
+        for retired in self.state.retired_lost_reasons:
             if retired.casefold() == text.casefold():
                 text = retired
         self.check_when(occurred_at, now)
         self._lost_reason_added(reason=text, actor=actor, occurred_at=occurred_at)
 
-    @event("LostReasonAdded")
+    @event(E.LOST_REASON_ADDED)
     def _lost_reason_added(self, reason: str, actor: str, occurred_at: datetime) -> None:
-        self.lost_reasons.append(reason)
-        self.retired_lost_reasons = [r for r in self.retired_lost_reasons if r != reason]
-        self.last_occurred_at = occurred_at
+        self._fold(E.LOST_REASON_ADDED, locals())
 
     def retire_lost_reason(
         self, reason: Any, *, actor: str, occurred_at: datetime, now: datetime
     ) -> None:
         """Stop offering a lost reason; past losses keep it."""
         known = self.check_lost_reason(reason)
-        if len(self.lost_reasons) == 1:
+        if len(self.state.lost_reasons) == 1:
             raise RuleViolation("the last active lost reason cannot be retired")
         self.check_when(occurred_at, now)
         self._lost_reason_retired(reason=known, actor=actor, occurred_at=occurred_at)
 
-    @event("LostReasonRetired")
+    @event(E.LOST_REASON_RETIRED)
     def _lost_reason_retired(self, reason: str, actor: str, occurred_at: datetime) -> None:
-        self.lost_reasons = [r for r in self.lost_reasons if r != reason]
-        self.retired_lost_reasons.append(reason)
-        self.last_occurred_at = occurred_at
+        self._fold(E.LOST_REASON_RETIRED, locals())
 
     def rename(self, name: Any, *, actor: str, occurred_at: datetime, now: datetime) -> None:
         new_name = check_text(name, "name", max_length=MAX_NAME_LENGTH)
-        if new_name == self.name:
+        if new_name == self.state.name:
             raise NothingToChange(f"pipeline is already named {new_name!r}", field="name")
         self.check_when(occurred_at, now)
-        self._renamed(from_name=self.name, to_name=new_name, actor=actor, occurred_at=occurred_at)
+        self._renamed(
+            from_name=self.state.name, to_name=new_name, actor=actor, occurred_at=occurred_at
+        )
 
-    @event("PipelineRenamed")
+    @event(E.PIPELINE_RENAMED)
     def _renamed(self, from_name: str, to_name: str, actor: str, occurred_at: datetime) -> None:
-        self.name = to_name
-        self.last_occurred_at = occurred_at
+        self._fold(E.PIPELINE_RENAMED, locals())
 
     def change_rules(
         self,
@@ -594,33 +545,31 @@ class Pipeline(Aggregate):
             occurred_at=occurred_at,
         )
 
-    @event("PipelineRulesChanged")
+    @event(E.PIPELINE_RULES_CHANGED)
     def _rules_changed(
         self, changes: dict[str, Any], previous: dict[str, Any], actor: str, occurred_at: datetime
     ) -> None:
-        for key, value in changes.items():
-            setattr(self, key, value)
-        self.last_occurred_at = occurred_at
+        self._fold(E.PIPELINE_RULES_CHANGED, locals())
 
     def _check_unique_name(self, name: str, except_id: str | None) -> None:
-        for s in self.stages:
+        for s in self.state.stages:
             if s.id != except_id and s.name.casefold() == name.casefold():
                 raise InvalidPipeline(f"stage name {name!r} is already used", field="name")
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "id": str(self.id),
-            "name": self.name,
-            "currency": self.currency,
-            "stages": [s.as_dict() for s in self.stages],
-            "removed_stages": [s.as_dict() for s in self.removed_stages],
-            "lost_reasons": list(self.lost_reasons),
-            "retired_lost_reasons": list(self.retired_lost_reasons),
-            "allow_skipping_stages": self.allow_skipping_stages,
-            "allow_moving_back": self.allow_moving_back,
-            "stale_after_days": self.stale_after_days,
+            "name": self.state.name,
+            "currency": self.state.currency,
+            "stages": [s.as_dict() for s in self.state.stages],
+            "removed_stages": [s.as_dict() for s in self.state.removed_stages],
+            "lost_reasons": list(self.state.lost_reasons),
+            "retired_lost_reasons": list(self.state.retired_lost_reasons),
+            "allow_skipping_stages": self.state.allow_skipping_stages,
+            "allow_moving_back": self.state.allow_moving_back,
+            "stale_after_days": self.state.stale_after_days,
             "version": self.version,
-            "created_at": self.defined_at.isoformat(),
+            "created_at": self.state.defined_at.isoformat(),
         }
 
 

@@ -479,7 +479,7 @@ def test_lost_needs_a_reason_from_the_pipelines_list(pipeline, deal):
     with pytest.raises(UnknownLostReason) as exc:
         deal.lose(pipeline, "They ghosted us", actor="bob", occurred_at=day(1), now=NOW)
     assert exc.value.field == "reason"
-    assert exc.value.details["lost_reasons"] == pipeline.lost_reasons
+    assert exc.value.details["lost_reasons"] == list(pipeline.lost_reasons)
     assert "note" in exc.value.message
     assert snapshot(deal) == before
 

@@ -514,7 +514,7 @@ def test_a_removed_stage_is_kept_in_removed_stages_and_its_last_name_still_resol
     pipeline.rename_stage("quote-sent", name="Proposal", actor="max", occurred_at=day(1), now=NOW)
     pipeline.remove_stage("quote-sent", open_deals=0, actor="max", occurred_at=day(2), now=NOW)
 
-    assert pipeline.removed_stages == [Stage("quote-sent", "Proposal", 50)]
+    assert pipeline.removed_stages == (Stage("quote-sent", "Proposal", 50),)
     assert pipeline.stage_name("quote-sent") == "Proposal"
     assert pipeline.probability_of("quote-sent") == 50
     assert pipeline.position_of("quote-sent") == -1
@@ -563,7 +563,7 @@ def test_a_retired_lost_reason_cannot_be_chosen_for_new_losses(pipeline: Pipelin
     assert type(retired).__name__ == "LostReasonRetired"
     assert retired.reason == "Timing"
     assert "Timing" not in pipeline.lost_reasons
-    assert pipeline.retired_lost_reasons == ["Timing"]
+    assert pipeline.retired_lost_reasons == ("Timing",)
     with pytest.raises(UnknownLostReason) as exc:
         deal.lose(pipeline, "Timing", actor="bob", occurred_at=day(2), now=NOW)
     assert "retired" in exc.value.message
@@ -590,7 +590,7 @@ def test_adding_a_retired_lost_reason_again_brings_it_back(pipeline: Pipeline) -
 
     [added] = new_events(pipeline)
     assert added.reason == "Timing"  # the pipeline's own spelling
-    assert pipeline.retired_lost_reasons == []
+    assert pipeline.retired_lost_reasons == ()
     assert "Timing" in pipeline.lost_reasons
     deal.lose(pipeline, "timing", actor="bob", occurred_at=day(3), now=NOW)
     assert deal.lost_reason == "Timing"
@@ -617,7 +617,7 @@ def test_the_last_active_lost_reason_cannot_be_retired() -> None:
         pipeline.retire_lost_reason("Timing", actor="max", occurred_at=day(2), now=NOW)
 
     assert "last active lost reason" in exc.value.message
-    assert pipeline.lost_reasons == ["Timing"]
+    assert pipeline.lost_reasons == ("Timing",)
 
 
 # --- the pipeline itself -----------------------------------------------------------------------

@@ -115,7 +115,7 @@ def test_a_defined_pipeline_holds_its_stages_reasons_and_author():
     assert [s.name for s in pipeline.stages] == DEFAULT_STAGE_NAMES
     assert [s.probability for s in pipeline.stages] == [10, 25, 50, 75]
     assert pipeline.first_stage == Stage("deal-created", "Deal created", 10, None)
-    assert pipeline.lost_reasons == default_template()["lost_reasons"]
+    assert list(pipeline.lost_reasons) == default_template()["lost_reasons"]
     assert pipeline.created_by == "alice"
     assert pipeline.last_occurred_at == DEFINED_AT
     assert pipeline.version == 1
@@ -374,7 +374,7 @@ def test_a_lost_reason_must_be_text():
 def test_lost_reasons_are_trimmed_and_keep_their_order():
     pipeline = define(lost_reasons=[" Timing ", "Price"])
 
-    assert pipeline.lost_reasons == ["Timing", "Price"]
+    assert pipeline.lost_reasons == ("Timing", "Price")
     assert pipeline.pending_events[0].lost_reasons == ["Timing", "Price"]
 
 
@@ -458,7 +458,7 @@ def test_a_reason_not_on_the_list_raises_unknown_lost_reason(reason):
     with pytest.raises(UnknownLostReason) as exc:
         pipeline.check_lost_reason(reason)
     assert exc.value.field == "reason"
-    assert exc.value.details["lost_reasons"] == pipeline.lost_reasons
+    assert exc.value.details["lost_reasons"] == list(pipeline.lost_reasons)
 
 
 def test_as_dict_shows_the_pipeline_as_simple_types():
@@ -475,5 +475,5 @@ def test_as_dict_shows_the_pipeline_as_simple_types():
         "rotting_days": None,
         "requires": [],
     }
-    assert data["lost_reasons"] == pipeline.lost_reasons
+    assert data["lost_reasons"] == list(pipeline.lost_reasons)
     assert data["version"] == 1

@@ -1,0 +1,78 @@
+"""The domain's event vocabulary: every event type by name, in one place.
+
+The aggregates record events under these names, the state fold (``state.py``) applies
+them, and every projector and consumer of the log dispatches on them. An event's name is
+also the last part of its stored topic (``libs.domain.deal:Deal.DealCreated``).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class EventType(StrEnum):
+    """Every event the domain records."""
+
+    # a pipeline's definition
+    PIPELINE_DEFINED = "PipelineDefined"
+    PIPELINE_RENAMED = "PipelineRenamed"
+    PIPELINE_RULES_CHANGED = "PipelineRulesChanged"
+    STAGE_ADDED = "StageAdded"
+    STAGE_RENAMED = "StageRenamed"
+    STAGE_UPDATED = "StageUpdated"
+    STAGES_REORDERED = "StagesReordered"
+    STAGE_REMOVED = "StageRemoved"
+    LOST_REASON_ADDED = "LostReasonAdded"
+    LOST_REASON_RETIRED = "LostReasonRetired"
+    # a deal's life
+    DEAL_CREATED = "DealCreated"
+    STAGE_ADVANCED = "StageAdvanced"
+    DEAL_WON = "DealWon"
+    DEAL_LOST = "DealLost"
+    DEAL_REOPENED = "DealReopened"
+    DEAL_UPDATED = "DealUpdated"
+    OWNER_CHANGED = "OwnerChanged"
+    DEAL_MOVED = "DealMoved"
+    DEAL_SNOOZED = "DealSnoozed"
+    # owners' teams and regions
+    OWNER_REGISTERED = "OwnerRegistered"
+    TEAM_ASSIGNED = "TeamAssigned"
+
+
+E = EventType
+
+PIPELINE_EVENTS = frozenset(
+    {
+        E.PIPELINE_DEFINED,
+        E.PIPELINE_RENAMED,
+        E.PIPELINE_RULES_CHANGED,
+        E.STAGE_ADDED,
+        E.STAGE_RENAMED,
+        E.STAGE_UPDATED,
+        E.STAGES_REORDERED,
+        E.STAGE_REMOVED,
+        E.LOST_REASON_ADDED,
+        E.LOST_REASON_RETIRED,
+    }
+)
+DEAL_EVENTS = frozenset(
+    {
+        E.DEAL_CREATED,
+        E.STAGE_ADVANCED,
+        E.DEAL_WON,
+        E.DEAL_LOST,
+        E.DEAL_REOPENED,
+        E.DEAL_UPDATED,
+        E.OWNER_CHANGED,
+        E.DEAL_MOVED,
+        E.DEAL_SNOOZED,
+    }
+)
+OWNER_EVENTS = frozenset({E.OWNER_REGISTERED, E.TEAM_ASSIGNED})
+
+# Deal events that put the deal into a stage (a new visit, a stage reached).
+ENTERS_STAGE = frozenset({E.DEAL_CREATED, E.STAGE_ADVANCED, E.DEAL_REOPENED, E.DEAL_MOVED})
+# Deal events that close it.
+CLOSES = frozenset({E.DEAL_WON, E.DEAL_LOST})
+# Deal events that are not sales activity: they leave the "no activity" clock alone.
+NOT_ACTIVITY = frozenset({E.DEAL_SNOOZED})
