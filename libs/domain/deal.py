@@ -37,8 +37,8 @@ from libs.domain.values import (
     UNSET,
     check_money,
     check_text,
-    format_money,
 )
+from libs.domain.views import deal_view
 
 MAX_EXTERNAL_ID_LENGTH = 200
 
@@ -527,35 +527,16 @@ class Deal(Aggregate):
     ) -> None:
         self._fold(E.OWNER_CHANGED, locals())
 
-    def as_dict(self, pipeline: Pipeline | None = None) -> dict[str, Any]:
-        """The deal's current state as simple types."""
-        stage_name = pipeline.stage_name(self.stage_id) if pipeline else self.stage_id
-        return {
-            "id": str(self.id),
-            "pipeline_id": str(self.pipeline_id),
-            "title": self.title,
-            "value": format_money(self.value),
-            "currency": pipeline.currency if pipeline else None,
-            "owner": self.owner,
-            "stage": {"id": self.stage_id, "name": stage_name},
-            "status": self.status,
-            "expected_close_date": (
-                self.expected_close_date.isoformat() if self.expected_close_date else None
-            ),
-            "external_id": self.external_id,
-            "account": self.account,
-            "product": self.product,
-            "probability_override": self.probability_override,
-            "probability": (
-                self.probability_override
-                if self.probability_override is not None
-                else (pipeline.probability_of(self.stage_id) if pipeline else None)
-            ),
-            "lost_reason": self.lost_reason,
-            "lost_note": self.lost_note,
-            "created_at": self.created_at.isoformat(),
-            "closed_at": self.closed_at.isoformat() if self.closed_at else None,
-            "entered_current_stage_at": self.stage_entered_at.isoformat(),
-            "last_activity_at": self.last_occurred_at.isoformat(),
-            "version": self.version,
-        }
+    def as_dict(
+        self, pipeline: Pipeline | None = None, now: datetime | None = None
+    ) -> dict[str, Any]:
+        """The deal as every answer shows it (``libs/domain/views.py``), measured at ``now``
+        (default: its last event's business time)."""
+        return deal_view(
+            str(self.id),
+            self.state,
+            pipeline.state if pipeline else None,
+            version=self.version,
+            now=now or self.state.last_occurred_at,
+            updated_at=self.modified_on,
+        )

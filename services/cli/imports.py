@@ -25,8 +25,9 @@ from services.cli.arguments import SubCommands, day_start, export_file_keys, pos
 from services.importer import crm, events, generic
 from services.importer.common import read_csv_file
 from services.progress import Progress
+from services.projections.catalog import all_projections
 from services.projections.rebuild import drop_old_generations, rebuild
-from services.projections.runner import Worker, all_projections
+from services.projections.runner import Worker
 from services.runtime.settings import Settings
 from services.runtime.stores import Stores, open_application, open_stores
 

@@ -13,6 +13,7 @@ from libs.application.sql import setup_lock
 from services.cli.arguments import SubCommands
 from services.progress import Progress
 from services.projections.base import create_state_table
+from services.projections.catalog import all_projections, projections_named
 from services.projections.parking import (
     Parked,
     RetryResult,
@@ -26,13 +27,7 @@ from services.projections.rebuild import (
     drop_old_generations,
     rebuild,
 )
-from services.projections.runner import (
-    Worker,
-    all_projections,
-    ensure_projection,
-    projection_status,
-    projections_named,
-)
+from services.projections.runner import Worker, ensure_projection, projection_status
 from services.runtime.bootstrap import checkpointer_for
 from services.runtime.settings import Settings
 from services.runtime.stores import open_stores

@@ -14,10 +14,11 @@ from libs.application.app import utc_now
 from libs.domain.errors import InvalidInput
 from libs.domain.times import parse_moment
 from services.cli.arguments import SubCommands
-from services.projections.reading import ReadModels
+from services.projections.read_models import ReadModels
 from services.projections.runner import Worker
-from services.reports import ReportContext, ReportError, ReportParams
-from services.reports.sales import REPORTS
+from services.queries.errors import QueryError
+from services.queries.reports import ReportContext, ReportParams
+from services.queries.reports.catalog import REPORTS
 from services.runtime.settings import Settings
 from services.runtime.stores import open_stores
 
@@ -47,7 +48,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> str:
 def _export_report(args: argparse.Namespace, settings: Settings) -> int:
     try:
         text = asyncio.run(_run(args, settings))
-    except ReportError as exc:
+    except QueryError as exc:
         print(f"dealtrail: {exc.message}", file=sys.stderr)
         return 2
     if args.output:

@@ -12,7 +12,7 @@ from libs.application.app import DealtrailApplication
 from libs.domain.actors import Actor
 from services.pipeline_api.errors import ApiError
 from services.pipeline_api.query_cache import QueryCache
-from services.projections.reading import ReadModels
+from services.projections.read_models import ReadModels
 from services.runtime.bootstrap import Runtime
 
 _ETAG_RE = re.compile(r'^\s*(?:W/)?"?(\d{1,12})"?\s*$')

@@ -21,32 +21,8 @@ from libs.application.handlers import handle
 from libs.domain.actors import Actor
 from libs.domain.commands import Change, Command, CommandResult
 from services.pipeline_api.deps import CurrentPrincipal, ExpectedVersion, ReachableRuntime
-from services.projections import current_pipeline
-from services.projections.current_pipeline import DealFilter
-from services.projections.reading import ReadModels
+from services.queries.deals import open_deals_in_stage
 from services.runtime.bootstrap import Runtime
-
-# Open deals of a stage are read from the read model in pages of this many.
-OPEN_DEALS_PAGE = 500
-
-
-async def open_deals_in_stage(
-    models: ReadModels, pipeline_id: UUID, stage_id: str, at_least: int
-) -> list[str]:
-    """Ids of the open deals the read model shows in a stage, once it has reached
-    ``at_least`` (waiting as every query does)."""
-    filters = DealFilter(pipeline_id=pipeline_id, stage=stage_id, status="open")
-    ids: list[str] = []
-    async with models.open("current_pipeline", at_least) as view:
-        after = None
-        while True:
-            rows = await current_pipeline.list_deals(
-                view.conn, view.tables, filters, after, OPEN_DEALS_PAGE
-            )
-            ids += [r["deal_id"] for r in rows]
-            if len(rows) < OPEN_DEALS_PAGE:
-                return ids
-            after = (rows[-1]["created_at"], rows[-1]["deal_id"])
 
 
 class Sender:

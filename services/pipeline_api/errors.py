@@ -17,8 +17,8 @@ from starlette.routing import Match
 
 from libs.application.failures import is_data_error, is_unavailable
 from libs.domain.errors import DomainError
-from services.projections.reading import ReadModelUnavailable
-from services.reports import ReportError
+from services.projections.read_models import ReadModelUnavailable
+from services.queries.errors import QueryError
 
 log = logging.getLogger("dealtrail.api")
 
@@ -140,10 +140,10 @@ def install_error_handlers(api: FastAPI) -> None:
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
 
-    @api.exception_handler(ReportError)
-    async def report_error(_: Request, exc: ReportError) -> JSONResponse:
-        code = "not_found" if exc.status == 404 else "invalid_input"
-        return error_response(exc.status, code, exc.message, {"field": exc.field})
+    @api.exception_handler(QueryError)
+    async def query_error(_: Request, exc: QueryError) -> JSONResponse:
+        details = {"field": exc.field} if exc.field else {}
+        return error_response(exc.status, exc.code, exc.message, details)
 
     @api.exception_handler(ReadModelUnavailable)
     async def read_model_unavailable(_: Request, exc: ReadModelUnavailable) -> JSONResponse:

@@ -35,7 +35,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Header
 from fastapi.responses import JSONResponse, Response
 
-from services.projections.reading import recording_reads
+from services.projections.read_models import recording_reads
 
 TIME_BOUND_SECONDS = 5.0
 """How long an answer that depends on the service clock stays valid."""

@@ -303,14 +303,15 @@ class OwnerTeam(_Body):
 
 
 class StageRef(BaseModel):
-    """A stage's id and its current name."""
+    """A stage's id and its name (now, or at the moment asked about)."""
 
     id: str
     name: str
 
 
 class DealPublic(BaseModel):
-    """A deal's current state."""
+    """A deal as every answer shows it (``libs/domain/views.py``): stage names as they are
+    now, probability and weighted value, time in stage and staleness at the service clock."""
 
     id: UUID
     pipeline_id: UUID
@@ -320,22 +321,187 @@ class DealPublic(BaseModel):
     owner: str
     stage: StageRef
     status: str = Field(description="open, won or lost")
-    expected_close_date: Day | None
+    probability: int = Field(description="Win probability: the override, else the stage's")
+    probability_override: int | None = None
+    weighted_value: str = Field(description="value x probability, four decimals")
+    expected_close_date: date | None
     external_id: str | None
     account: str | None = None
     product: str | None = None
-    probability_override: int | None = None
-    probability: int | None = None
     lost_reason: str | None
     lost_note: str | None
     created_at: str
     closed_at: str | None
     entered_current_stage_at: str
-    last_activity_at: str
+    time_in_current_stage_seconds: float | None = Field(description="None once closed")
+    last_activity_at: str = Field(description="Last sales activity (a snooze is none)")
+    stale: bool
+    stale_reasons: list[str] = Field(description="rotting_in_stage, no_activity")
+    days_stale: float
+    snoozed_until: str | None = None
+    snooze_reason: str | None = None
+    updated_at: str | None = Field(description="When the last event was recorded")
     version: int
 
 
 class DealCommandResponse(DealPublic):
     """A deal after a command, with the log position of the command's last event."""
 
+    position: int
+
+
+class DealNow(DealPublic):
+    """A deal from the read model, with the position it reflects."""
+
+    position: int
+
+
+class DealAsOf(BaseModel):
+    """A deal at a past moment: what the history keeps of it then."""
+
+    id: UUID
+    pipeline_id: UUID
+    stage: StageRef
+    status: str
+    value: str
+    owner: str
+    probability: int
+    weighted_value: str
+    expected_close_date: date | None
+    created_at: str
+    state_since: str = Field(description="When the state shown began (business time)")
+
+
+class DealAsOfAnswer(DealAsOf):
+    """A deal at a past moment, with the moment and the position it reflects."""
+
+    as_of: str
+    position: int
+
+
+class DealsPage(BaseModel):
+    """A page of deals in (creation time, id) order."""
+
+    data: list[DealPublic]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page")
+    position: int
+
+
+class Change(BaseModel):
+    """One field's value before and after an event."""
+
+    before: Any = None
+    after: Any = None
+
+
+class HistoryEntry(BaseModel):
+    """One event: who, what, when (business and recorded time) and what changed."""
+
+    position: int
+    aggregate_id: UUID
+    aggregate_type: str
+    event_type: str
+    version: int
+    actor: str | None
+    occurred_at: str | None
+    recorded_at: str | None
+    changes: dict[str, Change]
+
+
+class HistoryPage(BaseModel):
+    """A page of events in log order."""
+
+    data: list[HistoryEntry]
+    next_cursor: str | None
+    position: int
+
+
+class PipelineRef(BaseModel):
+    """A pipeline's id, name and currency."""
+
+    id: UUID
+    name: str
+    currency: str
+
+
+class Totals(BaseModel):
+    """Open deals' count, total value and weighted value."""
+
+    count: int
+    total_value: str
+    weighted_value: str
+
+
+class BoardStage(Totals):
+    """One column of the board: a stage, its open deals' totals and the first deals."""
+
+    id: str
+    name: str
+    probability: int
+    rotting_days: int | None
+    stale_count: int
+    deals: list[DealPublic]
+    next_cursor: str | None = Field(description="`cursor` of GET /v1/deals for the stage's rest")
+
+
+class Board(BaseModel):
+    """The board now."""
+
+    pipeline: PipelineRef
+    stages: list[BoardStage]
+    totals: Totals
+    position: int
+
+
+class BoardStageAsOf(Totals):
+    """One column of a past board."""
+
+    id: str
+    name: str
+    probability: int
+    deals: list[DealAsOf]
+
+
+class BoardAsOf(BaseModel):
+    """The board at a past moment (stages as defined then, deals as they were)."""
+
+    pipeline: PipelineRef
+    as_of: str
+    stages: list[BoardStageAsOf]
+    totals: Totals
+    position: int
+
+
+class ReportAnswer(BaseModel):
+    """A report: its parameters, summary figures, rows (also its CSV) and notes."""
+
+    report: str
+    params: dict[str, Any]
+    summary: dict[str, Any]
+    rows: list[dict[str, Any]]
+    notes: str
+    position: int
+
+
+class Membership(BaseModel):
+    """An owner's team and region from a moment on."""
+
+    from_: str = Field(alias="from")
+    team: str | None
+    region: str | None
+
+
+class OwnerPublic(BaseModel):
+    """An owner's team and region now, and since when each held."""
+
+    owner: str
+    team: str | None
+    region: str | None
+    history: list[Membership]
+
+
+class OwnersPublic(BaseModel):
+    """Every owner with a team or region."""
+
+    data: list[OwnerPublic]
     position: int

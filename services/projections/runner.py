@@ -24,8 +24,6 @@ from libs.application.failures import is_unavailable
 from libs.application.records import EventRecord, decode
 from libs.application.sql import advisory_key, connect_raw
 from libs.application.store import StoreLocation
-from services.projections.analytics import Analytics
-from services.projections.audit_history import AuditHistory
 from services.projections.base import (
     Projection,
     State,
@@ -35,9 +33,8 @@ from services.projections.base import (
     projection_state,
     read_states,
 )
-from services.projections.current_pipeline import CurrentPipeline
+from services.projections.catalog import all_projections
 from services.projections.parking import apply_or_park, parked_counts, undecodable
-from services.projections.stage_durations import StageDurations
 
 log = logging.getLogger("dealtrail.projections")
 
@@ -45,19 +42,6 @@ DEFAULT_BATCH_SIZE = 500
 STATUS_BEHIND_LIMIT = 1_000_000  # events counted behind a projection, at most
 POLL_SECONDS = 0.2
 LOCK_RETRY_SECONDS = 1.0
-
-
-def all_projections() -> list[Projection]:
-    """Every read model, in the order they are built."""
-    return [CurrentPipeline(), StageDurations(), AuditHistory(), Analytics()]
-
-
-def projections_named(names: Sequence[str]) -> list[Projection]:
-    known = {p.name: p for p in all_projections()}
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise KeyError(f"unknown projection(s): {', '.join(unknown)}; known: {', '.join(known)}")
-    return [known[n] for n in names] if names else list(known.values())
 
 
 class EventSource:

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from libs.application.app import Clock, DealtrailApplication, utc_now
 from libs.application.failures import is_unavailable
 from services.audit.checkpoints import Checkpointer
-from services.projections.reading import ReadModels
+from services.projections.read_models import ReadModels
 from services.projections.runner import Worker
 from services.runtime.breaker import StoreBreaker
 from services.runtime.keys import KeyRing, build_keyring

@@ -17,7 +17,7 @@ import httpx
 from libs.application.handlers import handle
 from libs.domain.actors import Actor, Role
 from libs.domain.commands import AdvanceDeal, RemoveStage
-from services.pipeline_api.dispatch import open_deals_in_stage
+from services.queries.deals import open_deals_in_stage
 from tests.conftest import TestClock, auth
 
 STAGE_IDS = ["deal-created", "demo-or-meeting", "quote-sent", "negotiation"]

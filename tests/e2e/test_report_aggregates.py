@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.reports import sales
+from services.queries.reports import stale
 from tests.conftest import auth
 
 T = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -238,7 +238,7 @@ async def test_the_funnel_follows_the_current_stage_order(api: httpx.AsyncClient
 async def test_the_most_stale_deals_are_listed_when_there_are_more(
     api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sales, "STALE_LIMIT", 2)
+    monkeypatch.setattr(stale, "STALE_LIMIT", 2)
     s = Session(api)
     pid = await s.pipeline(STAGES, stale_after_days=20)
     await s.create("A", pid, "100", days_before(30))

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from services.demo.generator import generate
-from services.projections.runner import all_projections
+from services.projections.catalog import all_projections
 from tests.conftest import Backend, TestClock, auth, client_for
 from tests.integration.test_read_models import states, table_rows
 

@@ -29,16 +29,11 @@ from libs.application.handlers import handle
 from libs.application.sql import ensure_schema, make_engine
 from libs.domain.commands import AdvanceDeal, CreateDeal, LoseDeal, ReopenDeal, UpdateDeal, WinDeal
 from services.projections import rebuild as rebuild_module
-from services.projections.base import (
-    Money,
-    Projection,
-    UtcDateTime,
-    bulk_insert,
-    bulk_update,
-    bulk_upsert,
-)
+from services.projections.base import Projection
+from services.projections.catalog import all_projections
 from services.projections.rebuild import rebuild
-from services.projections.runner import EventSource, all_projections
+from services.projections.runner import EventSource
+from services.projections.sql import Money, UtcDateTime, bulk_insert, bulk_update, bulk_upsert
 from tests.conftest import Backend, TestClock
 from tests.integration.test_read_models import (
     Stores,

@@ -49,9 +49,10 @@ from libs.domain.commands import (
 )
 from libs.domain.errors import DomainError
 from libs.domain.pipeline import default_template
+from services.projections.catalog import all_projections
 from services.projections.parking import list_parked
 from services.projections.rebuild import rebuild
-from services.projections.runner import EventSource, all_projections
+from services.projections.runner import EventSource
 from tests.conftest import PG_URL, Backend, TestClock, need_postgres
 from tests.integration.test_read_models import Stores, close_stores, open_stores, states
 from tests.integration.test_rebuild import assert_same_tables, snapshot

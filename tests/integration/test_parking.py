@@ -32,12 +32,13 @@ from libs.domain.commands import AdvanceDeal, CreateDeal, WinDeal
 from libs.domain.deal import Deal
 from services.cli import main as cli
 from services.projections import rebuild as rebuild_module
-from services.projections import stage_durations
 from services.projections.base import projection_parked
+from services.projections.catalog import all_projections
 from services.projections.parking import Parked, list_parked, retry_parked
 from services.projections.rebuild import rebuild
-from services.projections.runner import EventSource, all_projections, projection_status
-from services.projections.stage_durations import StageDurations
+from services.projections.runner import EventSource, projection_status
+from services.projections.stage_durations import queries as stage_durations
+from services.projections.stage_durations.projector import StageDurations
 from tests.conftest import PG_URL, Backend, TestClock, auth, need_postgres
 from tests.integration.test_read_models import (
     RITA,

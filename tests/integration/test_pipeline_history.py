@@ -32,12 +32,14 @@ from libs.domain.commands import (
     WinDeal,
 )
 from libs.domain.pipeline import default_template
-from services.projections import audit_history, stage_durations
-from services.projections.reading import ReadModels
+from services.projections.audit_history import queries as audit_history
+from services.projections.catalog import all_projections
+from services.projections.read_models import ReadModels
 from services.projections.rebuild import drop_old_generations, rebuild
-from services.projections.runner import EventSource, all_projections
-from services.reports import ReportContext, ReportParams
-from services.reports.sales import stage_durations_report
+from services.projections.runner import EventSource
+from services.projections.stage_durations import queries as stage_durations
+from services.queries.reports import ReportContext, ReportParams
+from services.queries.reports.durations import stage_durations_report
 from tests.conftest import Backend, TestClock
 from tests.integration.test_read_models import (
     ANN,

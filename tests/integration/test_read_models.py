@@ -36,9 +36,12 @@ from libs.domain.commands import (
     WinDeal,
 )
 from libs.domain.pipeline import default_template
-from services.projections import audit_history, current_pipeline, stage_durations
+from services.projections.audit_history import queries as audit_history
 from services.projections.base import Projection, State, read_states
-from services.projections.runner import EventSource, Worker, all_projections
+from services.projections.catalog import all_projections
+from services.projections.current_pipeline import queries as current_pipeline
+from services.projections.runner import EventSource, Worker
+from services.projections.stage_durations import queries as stage_durations
 from services.runtime.settings import Settings
 from services.runtime.stores import open_application
 from tests.conftest import Backend, TestClock

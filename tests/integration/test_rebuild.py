@@ -36,9 +36,10 @@ from libs.domain.pipeline import default_template
 from services.demo.generator import generate
 from services.projections import rebuild as rebuild_module
 from services.projections.base import Projection
-from services.projections.reading import ReadModels
+from services.projections.catalog import all_projections
+from services.projections.read_models import ReadModels
 from services.projections.rebuild import RebuildInProgress, rebuild
-from services.projections.runner import EventSource, all_projections
+from services.projections.runner import EventSource
 from tests.conftest import API_KEYS, Backend, TestClock
 from tests.integration.test_read_models import (
     Gadget,

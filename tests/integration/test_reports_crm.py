@@ -31,10 +31,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.application.sql import ensure_schema, make_engine
 from services.importer import crm
-from services.projections.reading import ReadModels
+from services.projections.read_models import ReadModels
 from services.projections.runner import EventSource, Worker
-from services.reports import ReportContext, ReportParams
-from services.reports.sales import REPORTS
+from services.queries.reports import ReportContext, ReportParams
+from services.queries.reports.catalog import REPORTS
 from services.runtime.stores import open_application
 from tests.conftest import PG_URL, Backend, TestClock, need_postgres
 

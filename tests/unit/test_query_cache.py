@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.pipeline_api.query_cache import Computed, QueryCache
-from services.projections.reading import note_read
+from services.projections.read_models import note_read
 
 T = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 

@@ -9,15 +9,16 @@ from fastapi.responses import JSONResponse
 
 from services.pipeline_api.deps import CurrentPrincipal, ReadModelsDep
 from services.pipeline_api.errors import ERROR_RESPONSES
-from services.pipeline_api.query_params import CursorParam, MinPosition, position_cursor
-from services.pipeline_api.routers.deal_queries import MAX_PAGE, history_view, page_of
-from services.pipeline_api.schemas import FilterText, Moment
-from services.projections import audit_history
+from services.pipeline_api.query_params import CursorParam, MinPosition
+from services.pipeline_api.routers.deal_queries import MAX_PAGE
+from services.pipeline_api.schemas import FilterText, HistoryPage, Moment
+from services.queries.cursors import position_cursor, position_cursor_after
+from services.queries.deals import history_page
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=ERROR_RESPONSES)
 
 
-@router.get("")
+@router.get("", response_model=HistoryPage)
 async def audit_log(
     principal: CurrentPrincipal,
     models: ReadModelsDep,
@@ -33,24 +34,20 @@ async def audit_log(
 ) -> JSONResponse:
     """All events in log order with before/after values, filtered; auditors and admins."""
     principal.check_may_read_audit()
-    start, end = from_, to
-    after = position_cursor(cursor)
-    async with models.open("audit_history", min_position) as view:
-        rows = await audit_history.history(
-            view.conn,
-            view.tables,
-            actor=actor,
-            event_type=event_type,
-            start=start,
-            end=end,
-            after_position=after,
-            limit=limit + 1,
-        )
-    page, next_cursor = page_of(rows, limit)
+    page = await history_page(
+        models,
+        actor=actor,
+        event_type=event_type,
+        start=from_,
+        end=to,
+        after=position_cursor(cursor),
+        limit=limit,
+        min_position=min_position,
+    )
     return JSONResponse(
         {
-            "data": [history_view(r) for r in page],
-            "next_cursor": next_cursor,
-            "position": view.position,
+            "data": page.data,
+            "next_cursor": position_cursor_after(page.after),
+            "position": page.position,
         }
     )

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from services.exporter.events import EventExport, export_bounds
 from services.pipeline_api.deps import ApplicationDep, CurrentPrincipal, RuntimeDep
 from services.pipeline_api.errors import ERROR_RESPONSES
-from services.pipeline_api.query_params import MAX_POSITION
+from services.queries.cursors import MAX_POSITION
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=ERROR_RESPONSES)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 
 from libs.domain.commands import AssignTeam
 from services.pipeline_api.deps import CurrentPrincipal, ReadModelsDep, RuntimeDep
@@ -12,8 +13,8 @@ from services.pipeline_api.dispatch import SendCommand
 from services.pipeline_api.errors import ERROR_RESPONSES
 from services.pipeline_api.idempotency import IdempotencyKey
 from services.pipeline_api.query_params import MinPosition
-from services.pipeline_api.schemas import OwnerTeam
-from services.projections import analytics
+from services.pipeline_api.schemas import OwnersPublic, OwnerTeam
+from services.queries.owners import owners_now
 
 router = APIRouter(prefix="/v1/owners", tags=["owners"], responses=ERROR_RESPONSES)
 
@@ -28,29 +29,12 @@ async def set_team(
     return await send(AssignTeam, owner=owner, **body.model_dump())
 
 
-@router.get("")
+@router.get("", response_model=OwnersPublic)
 async def list_owners(
     principal: CurrentPrincipal,
     runtime: RuntimeDep,
     models: ReadModelsDep,
     min_position: MinPosition = None,
-) -> dict[str, Any]:
+) -> JSONResponse:
     """Every owner with a team or region, as they are now, with their history."""
-    now = runtime.clock()
-    async with models.open("analytics", min_position) as view:
-        history = await analytics.memberships(view.conn, view.tables)
-        position = view.position
-    data = []
-    for owner in sorted(history):
-        team, region = analytics.membership_at(history, owner, now)
-        data.append(
-            {
-                "owner": owner,
-                "team": team,
-                "region": region,
-                "history": [
-                    {"from": f.isoformat(), "team": t, "region": r} for f, _, t, r in history[owner]
-                ],
-            }
-        )
-    return {"data": data, "position": position}
+    return JSONResponse(await owners_now(models, runtime.clock(), min_position))

@@ -40,7 +40,7 @@ from services.pipeline_api.schemas import (
     StageOrder,
     StagePatch,
 )
-from services.projections import current_pipeline
+from services.projections.current_pipeline import queries as current_pipeline
 
 router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"], responses=ERROR_RESPONSES)
 

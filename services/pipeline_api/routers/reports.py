@@ -13,14 +13,20 @@ from services.pipeline_api.deps import CurrentPrincipal, QueryCacheDep, ReadMode
 from services.pipeline_api.errors import ERROR_RESPONSES, ApiError
 from services.pipeline_api.query_cache import Computed, FreshAnswer, TimeUse, json_body
 from services.pipeline_api.query_params import MinPosition
-from services.pipeline_api.schemas import FilterText, Moment
-from services.reports import ReportContext, ReportFn, ReportParams
-from services.reports.sales import NEEDS_PIPELINE, REPORTS
+from services.pipeline_api.schemas import FilterText, Moment, ReportAnswer
+from services.queries.reports import ReportContext, ReportFn, ReportParams
+from services.queries.reports.catalog import NEEDS_PIPELINE, REPORTS
 
 router = APIRouter(prefix="/v1/reports", tags=["reports"], responses=ERROR_RESPONSES)
 
 CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"application/json": {}, "text/csv": {}}, "description": "The report"}
+    200: {
+        "description": "The report as JSON, or its rows as CSV with `Accept: text/csv`",
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/ReportAnswer"}},
+            "text/csv": {"schema": {"type": "string"}},
+        },
+    }
 }
 
 
@@ -107,5 +113,6 @@ for _name, _fn in REPORTS.items():
         description=(_fn.__doc__ or "")
         + "\n\nAll reports accept `pipeline_id`, `from`, `to` (on business time), `owner`, "
         "`team`, `min_position`; send `Accept: text/csv` for the rows as CSV.",
+        response_model=ReportAnswer,
         responses=CSV_RESPONSE,
     )

@@ -1,29 +1,21 @@
-"""Read model 3, audit history: one append-only row per event, with before/after values."""
+"""``audit_history``'s projector: each event as who, when (both clocks) and which fields
+changed from what to what."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
-from uuid import UUID
 
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Column,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    literal,
-    select,
-)
+from sqlalchemy import MetaData, Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.application.records import EventRecord, to_json_value
-from services.projections.base import Projection, UtcDateTime, bulk_insert
-from services.projections.current_pipeline import DEAL_EVENTS, OWNER_EVENTS, PIPELINE_EVENTS
+from libs.domain.events import DEAL_EVENTS, OWNER_EVENTS, PIPELINE_EVENTS, EventType
+from services.projections.audit_history import schema
+from services.projections.base import Projection
+from services.projections.sql import bulk_insert
+
+E = EventType
 
 CREATED_FIELDS = (
     "note",
@@ -56,12 +48,12 @@ def changes_of(record: EventRecord) -> dict[str, dict[str, Any]]:
     An event type not known here shows its payload as "after" values.
     """
     p, kind = record.payload, record.event_type
-    if kind == "DealCreated":
+    if kind == E.DEAL_CREATED:
         out = {f: _change(None, p.get(f)) for f in CREATED_FIELDS if p.get(f) is not None}
         out["stage"] = _change(None, p["stage_name"])
         out["status"] = _change(None, "open")
         return out
-    if kind == "StageAdvanced":
+    if kind == E.STAGE_ADVANCED:
         out = {
             "stage": _change(p["from_stage_name"], p["to_stage_name"]),
             "stage_id": _change(p["from_stage_id"], p["to_stage_id"]),
@@ -71,7 +63,7 @@ def changes_of(record: EventRecord) -> dict[str, dict[str, Any]]:
         if p.get("cause"):
             out["cause"] = _change(None, p["cause"])
         return out
-    if kind == "DealMoved":
+    if kind == E.DEAL_MOVED:
         out = {
             "pipeline_id": _change(p["from_pipeline_id"], p["to_pipeline_id"]),
             "stage": _change(p["from_stage_name"], p["to_stage_name"]),
@@ -80,51 +72,51 @@ def changes_of(record: EventRecord) -> dict[str, dict[str, Any]]:
         if p.get("note"):
             out["note"] = _change(None, p["note"])
         return out
-    if kind == "DealWon":
+    if kind == E.DEAL_WON:
         return {"status": _change("open", "won")}
-    if kind == "DealLost":
+    if kind == E.DEAL_LOST:
         out = {"status": _change("open", "lost"), "lost_reason": _change(None, p["reason"])}
         if p.get("note"):
             out["lost_note"] = _change(None, p["note"])
         return out
-    if kind == "DealReopened":
+    if kind == E.DEAL_REOPENED:
         out = {"status": _change(p["previous_status"], "open")}
         if p.get("from_stage_id") != p["stage_id"]:
             out["stage"] = _change(p.get("from_stage_name"), p["stage_name"])
             out["stage_id"] = _change(p.get("from_stage_id"), p["stage_id"])
         return out
-    if kind == "OwnerChanged":
+    if kind == E.OWNER_CHANGED:
         return {"owner": _change(p["from_owner"], p["to_owner"])}
-    if kind == "DealSnoozed":
+    if kind == E.DEAL_SNOOZED:
         return {
             "snoozed_until": _change(None, p["until"]),
             "snooze_reason": _change(None, p["reason"]),
         }
-    if kind == "StageAdded":
+    if kind == E.STAGE_ADDED:
         return {f"stages[{p['stage']['id']}]": _change(None, p["stage"])}
-    if kind == "StageRenamed":
+    if kind == E.STAGE_RENAMED:
         return {f"stages[{p['stage_id']}].name": _change(p["from_name"], p["to_name"])}
-    if kind == "StageUpdated":
+    if kind == E.STAGE_UPDATED:
         return {
             f"stages[{p['stage_id']}].{k}": _change(p["previous"].get(k), v)
             for k, v in p["changes"].items()
         }
-    if kind == "StagesReordered":
+    if kind == E.STAGES_REORDERED:
         return {"stage_order": _change(p["previous_order"], p["order"])}
-    if kind == "StageRemoved":
+    if kind == E.STAGE_REMOVED:
         out = {f"stages[{p['stage_id']}]": _change(p["stage_name"], None)}
         if p.get("move_open_deals_to"):
             out["move_open_deals_to"] = _change(None, p["move_open_deals_to"])
         return out
-    if kind == "LostReasonAdded":
+    if kind == E.LOST_REASON_ADDED:
         return {"lost_reasons": _change(None, p["reason"])}
-    if kind == "LostReasonRetired":
+    if kind == E.LOST_REASON_RETIRED:
         return {"lost_reasons": _change(p["reason"], None)}
-    if kind == "PipelineRenamed":
+    if kind == E.PIPELINE_RENAMED:
         return {"name": _change(p["from_name"], p["to_name"])}
-    if kind in ("PipelineRulesChanged", "DealUpdated"):
+    if kind in (E.PIPELINE_RULES_CHANGED, E.DEAL_UPDATED):
         return {k: _change(p["previous"].get(k), v) for k, v in p["changes"].items()}
-    if kind == "TeamAssigned":
+    if kind == E.TEAM_ASSIGNED:
         return {
             "team": _change(p.get("previous_team"), p.get("team")),
             "region": _change(p.get("previous_region"), p.get("region")),
@@ -141,24 +133,7 @@ class AuditHistory(Projection):
     records_unknown = True
 
     def define(self, metadata: MetaData, suffix: str) -> dict[str, Table]:
-        events = Table(
-            f"audit_history_events{suffix}",
-            metadata,
-            Column("position", Integer, primary_key=True, autoincrement=False),
-            Column("aggregate_id", String(36), nullable=False),
-            Column("aggregate_type", String(40), nullable=False),
-            Column("event_type", String(60), nullable=False),
-            Column("version", Integer, nullable=False),
-            Column("actor", String(100), nullable=True),
-            Column("occurred_at", UtcDateTime(), nullable=True),
-            Column("recorded_at", UtcDateTime(), nullable=True),
-            Column("changes", JSON, nullable=False),
-        )
-        Index(f"ix_ahe{suffix}_aggregate", events.c.aggregate_id, events.c.position)
-        Index(f"ix_ahe{suffix}_actor", events.c.actor, events.c.position)
-        Index(f"ix_ahe{suffix}_type", events.c.event_type, events.c.position)
-        Index(f"ix_ahe{suffix}_occurred", events.c.occurred_at)
-        return {"events": events}
+        return schema.define(metadata, suffix)
 
     async def apply(
         self, conn: AsyncConnection, tables: dict[str, Table], records: Sequence[EventRecord]
@@ -178,33 +153,3 @@ class AuditHistory(Projection):
             for r in records
         ]
         await bulk_insert(conn, tables["events"], rows)
-
-
-async def history(
-    conn: AsyncConnection,
-    tables: dict[str, Table],
-    *,
-    aggregate_id: UUID | None = None,
-    actor: str | None = None,
-    event_type: str | None = None,
-    start: datetime | None = None,
-    end: datetime | None = None,
-    after_position: int = 0,
-    limit: int = 100,
-) -> list[dict[str, Any]]:
-    """Audit rows in log order, filtered; ``start``/``end`` bound ``occurred_at``."""
-    events = tables["events"]
-    # bound as a bigint: a cursor may name a position beyond what the column type holds
-    clauses: list[Any] = [events.c.position > literal(after_position, BigInteger)]
-    if aggregate_id is not None:
-        clauses.append(events.c.aggregate_id == str(aggregate_id))
-    if actor is not None:
-        clauses.append(events.c.actor == actor)
-    if event_type is not None:
-        clauses.append(events.c.event_type == event_type)
-    if start is not None:
-        clauses.append(events.c.occurred_at >= start)
-    if end is not None:
-        clauses.append(events.c.occurred_at < end)
-    query = select(events).where(*clauses).order_by(events.c.position).limit(limit)
-    return [dict(r) for r in (await conn.execute(query)).mappings().all()]

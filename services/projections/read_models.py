@@ -16,7 +16,7 @@ from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.projections.base import Projection, projection_state
-from services.projections.runner import all_projections
+from services.projections.catalog import all_projections
 
 log = logging.getLogger("dealtrail.projections")
 

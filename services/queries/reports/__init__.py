@@ -18,18 +18,8 @@ from typing import Any
 from uuid import UUID
 
 from libs.domain.values import format_money
-from services.projections.reading import ReadModels
-from services.projections.stage_durations import percentile
-
-
-class ReportError(ValueError):
-    """A report's parameters do not fit (e.g. a pipeline that does not exist)."""
-
-    def __init__(self, message: str, *, field: str | None = None, status: int = 422) -> None:
-        super().__init__(message)
-        self.message = message
-        self.field = field
-        self.status = status
+from services.projections.read_models import ReadModels
+from services.projections.stage_durations.queries import percentile
 
 
 @dataclass(frozen=True)

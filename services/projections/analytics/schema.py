@@ -1,0 +1,93 @@
+"""``analytics``' tables (all keyed so that a rebuild gives the same rows as incremental work):
+
+- ``analytics_deal_history``: a deal's state after each of its events, valid from that
+  event's ``occurred_at`` until the next one's (state as of any moment);
+- ``analytics_pipeline_history``: the same for pipelines (stage order and probabilities);
+- ``analytics_reach``: the first time a deal reached each stage of a pipeline, entered or
+  skipped past (a deal that jumps from the first to the third stage has passed the
+  second); moving back reaches nothing new;
+- ``analytics_outcomes``: one row per win or loss, with the deal's owner, value, stage
+  and creation time at that moment;
+- ``analytics_memberships``: each owner's team and region from a moment on.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, Column, Date, Index, Integer, MetaData, String, Table
+
+from services.projections.sql import Money, UtcDateTime
+
+
+def define(metadata: MetaData, suffix: str) -> dict[str, Table]:
+    """The tables, named with ``suffix``: deal and pipeline history, reaches, outcomes,
+    memberships."""
+    history = Table(
+        f"analytics_deal_history{suffix}",
+        metadata,
+        Column("deal_id", String(36), primary_key=True),
+        Column("position", Integer, primary_key=True, autoincrement=False),
+        Column("valid_from", UtcDateTime(), nullable=False),
+        Column("valid_to", UtcDateTime(), nullable=True),
+        Column("pipeline_id", String(36), nullable=False),
+        Column("stage_id", String(100), nullable=False),
+        Column("status", String(8), nullable=False),
+        Column("value", Money(), nullable=False),
+        Column("owner", String(100), nullable=False),
+        Column("probability_override", Integer, nullable=True),
+        Column("expected_close_date", Date, nullable=True),
+        Column("created_at", UtcDateTime(), nullable=False),
+    )
+    Index(f"ix_adh{suffix}_current", history.c.deal_id, history.c.valid_to)
+    Index(f"ix_adh{suffix}_pipeline", history.c.pipeline_id, history.c.valid_from)
+    pipelines = Table(
+        f"analytics_pipeline_history{suffix}",
+        metadata,
+        Column("pipeline_id", String(36), primary_key=True),
+        Column("position", Integer, primary_key=True, autoincrement=False),
+        Column("valid_from", UtcDateTime(), nullable=False),
+        Column("valid_to", UtcDateTime(), nullable=True),
+        Column("state", JSON, nullable=False),
+    )
+    reach = Table(
+        f"analytics_reach{suffix}",
+        metadata,
+        Column("deal_id", String(36), primary_key=True),
+        Column("pipeline_id", String(36), primary_key=True),
+        Column("stage_id", String(100), primary_key=True),
+        Column("reached_at", UtcDateTime(), nullable=False),
+        Column("how", String(8), nullable=False),
+        Column("owner", String(100), nullable=False),
+        Column("position", Integer, nullable=False),
+    )
+    Index(f"ix_ar{suffix}_pipeline", reach.c.pipeline_id, reach.c.reached_at)
+    outcomes = Table(
+        f"analytics_outcomes{suffix}",
+        metadata,
+        Column("position", Integer, primary_key=True, autoincrement=False),
+        Column("deal_id", String(36), nullable=False),
+        Column("pipeline_id", String(36), nullable=False),
+        Column("outcome", String(4), nullable=False),
+        Column("closed_at", UtcDateTime(), nullable=False),
+        Column("created_at", UtcDateTime(), nullable=False),
+        Column("stage_id", String(100), nullable=False),
+        Column("owner", String(100), nullable=False),
+        Column("value", Money(), nullable=False),
+        Column("lost_reason", String(100), nullable=True),
+    )
+    Index(f"ix_ao{suffix}_pipeline", outcomes.c.pipeline_id, outcomes.c.closed_at)
+    memberships = Table(
+        f"analytics_memberships{suffix}",
+        metadata,
+        Column("owner", String(100), primary_key=True),
+        Column("position", Integer, primary_key=True, autoincrement=False),
+        Column("valid_from", UtcDateTime(), nullable=False),
+        Column("team", String(100), nullable=True),
+        Column("region", String(100), nullable=True),
+    )
+    return {
+        "history": history,
+        "pipelines": pipelines,
+        "reach": reach,
+        "outcomes": outcomes,
+        "memberships": memberships,
+    }

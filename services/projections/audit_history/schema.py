@@ -1,0 +1,29 @@
+"""``audit_history``'s table: one append-only row per event."""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, Column, Index, Integer, MetaData, String, Table
+
+from services.projections.sql import UtcDateTime
+
+
+def define(metadata: MetaData, suffix: str) -> dict[str, Table]:
+    """The one table, named with ``suffix``: a row per event."""
+    events = Table(
+        f"audit_history_events{suffix}",
+        metadata,
+        Column("position", Integer, primary_key=True, autoincrement=False),
+        Column("aggregate_id", String(36), nullable=False),
+        Column("aggregate_type", String(40), nullable=False),
+        Column("event_type", String(60), nullable=False),
+        Column("version", Integer, nullable=False),
+        Column("actor", String(100), nullable=True),
+        Column("occurred_at", UtcDateTime(), nullable=True),
+        Column("recorded_at", UtcDateTime(), nullable=True),
+        Column("changes", JSON, nullable=False),
+    )
+    Index(f"ix_ahe{suffix}_aggregate", events.c.aggregate_id, events.c.position)
+    Index(f"ix_ahe{suffix}_actor", events.c.actor, events.c.position)
+    Index(f"ix_ahe{suffix}_type", events.c.event_type, events.c.position)
+    Index(f"ix_ahe{suffix}_occurred", events.c.occurred_at)
+    return {"events": events}

@@ -1,0 +1,147 @@
+"""Reading ``current_pipeline``: deals now, pipelines now, open totals and first pages."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Integer, Table, and_, bindparam, or_, select, union_all
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.expression import Executable
+
+
+@dataclass(frozen=True)
+class DealFilter:
+    """Filters of ``GET /v1/deals``; None means "any"."""
+
+    pipeline_id: UUID | None = None
+    stage: str | None = None
+    status: str | None = None
+    owner: str | None = None
+    updated_since: datetime | None = None
+
+
+def deal_order(deals: Table) -> list[Any]:
+    return [deals.c.created_at, deals.c.deal_id]
+
+
+def deal_filter_clause(deals: Table, f: DealFilter) -> list[Any]:
+    clauses: list[Any] = []
+    if f.pipeline_id is not None:
+        clauses.append(deals.c.pipeline_id == str(f.pipeline_id))
+    if f.stage is not None:
+        clauses.append(deals.c.stage_id == f.stage)
+    if f.status is not None:
+        clauses.append(deals.c.status == f.status)
+    if f.owner is not None:
+        clauses.append(deals.c.owner == f.owner)
+    if f.updated_since is not None:
+        clauses.append(deals.c.updated_at >= f.updated_since)
+    return clauses
+
+
+async def list_deals(
+    conn: AsyncConnection,
+    tables: dict[str, Table],
+    f: DealFilter,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """One page of deals in (created_at, deal_id) order, after the cursor's row."""
+    deals = tables["deals"]
+    clauses = deal_filter_clause(deals, f)
+    if after is not None:
+        created, deal_id = after
+        clauses.append(
+            or_(
+                deals.c.created_at > created,
+                and_(deals.c.created_at == created, deals.c.deal_id > deal_id),
+            )
+        )
+    query = select(deals).where(*clauses).order_by(*deal_order(deals)).limit(limit)
+    return [dict(r) for r in (await conn.execute(query)).mappings().all()]
+
+
+async def get_deal(
+    conn: AsyncConnection, tables: dict[str, Table], deal_id: UUID
+) -> dict[str, Any] | None:
+    deals = tables["deals"]
+    row = (
+        (await conn.execute(select(deals).where(deals.c.deal_id == str(deal_id))))
+        .mappings()
+        .first()
+    )
+    return dict(row) if row else None
+
+
+async def get_pipeline(
+    conn: AsyncConnection, tables: dict[str, Table], pipeline_id: UUID
+) -> dict[str, Any] | None:
+    pipelines = tables["pipelines"]
+    row = (
+        (await conn.execute(select(pipelines).where(pipelines.c.pipeline_id == str(pipeline_id))))
+        .mappings()
+        .first()
+    )
+    return dict(row) if row else None
+
+
+async def list_pipelines(conn: AsyncConnection, tables: dict[str, Table]) -> list[dict[str, Any]]:
+    pipelines = tables["pipelines"]
+    query = select(pipelines).order_by(pipelines.c.created_at, pipelines.c.pipeline_id)
+    return [dict(r) for r in (await conn.execute(query)).mappings().all()]
+
+
+async def stage_totals(
+    conn: AsyncConnection, tables: dict[str, Table], pipeline_id: UUID
+) -> dict[str, dict[str, Any]]:
+    totals = tables["totals"]
+    rows = await conn.execute(select(totals).where(totals.c.pipeline_id == str(pipeline_id)))
+    return {r["stage_id"]: dict(r) for r in rows.mappings().all()}
+
+
+async def first_open_pages(
+    conn: AsyncConnection,
+    tables: dict[str, Table],
+    pipeline_id: UUID,
+    stage_ids: Sequence[str],
+    limit: int,
+) -> dict[str, list[dict[str, Any]]]:
+    """Per stage, its first ``limit`` open deals in (created_at, deal_id) order, in one
+    query: one index-ordered, limited branch per stage, glued with UNION ALL (each branch
+    reads only its own page, unlike a window over every open deal of the pipeline)."""
+    pages: dict[str, list[dict[str, Any]]] = {stage_id: [] for stage_id in stage_ids}
+    if not stage_ids or limit <= 0:
+        return pages
+    params: dict[str, Any] = {"pipeline_id": str(pipeline_id), "page_limit": limit}
+    params.update({f"stage_{n}": stage_id for n, stage_id in enumerate(stage_ids)})
+    query = _first_pages_query(tables["deals"], len(stage_ids))
+    for row in (await conn.execute(query, params)).mappings().all():
+        pages[row["stage_id"]].append(dict(row))
+    for page in pages.values():  # UNION ALL promises no order across or within branches
+        page.sort(key=lambda r: (r["created_at"], r["deal_id"]))
+    return pages
+
+
+@lru_cache(maxsize=256)
+def _first_pages_query(deals: Table, stages: int) -> Executable:
+    """The statement of :func:`first_open_pages` for ``stages`` stages, built once (with
+    bound parameters) rather than per board: building it costs more than running it."""
+    branches = [
+        select(deals)
+        .where(
+            deals.c.pipeline_id == bindparam("pipeline_id"),
+            deals.c.status == "open",
+            deals.c.stage_id == bindparam(f"stage_{n}"),
+        )
+        .order_by(*deal_order(deals))
+        .limit(bindparam("page_limit", type_=Integer))
+        .subquery()
+        for n in range(stages)
+    ]
+    selects = [select(*branch.c) for branch in branches]
+    return union_all(*selects) if len(selects) > 1 else selects[0]

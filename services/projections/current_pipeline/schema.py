@@ -1,0 +1,85 @@
+"""``current_pipeline``'s tables: one row per deal and per pipeline, open totals per stage."""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, Boolean, Column, Date, Index, Integer, MetaData, String, Table
+
+from services.projections.sql import Money, UtcDateTime
+
+
+def define(metadata: MetaData, suffix: str) -> dict[str, Table]:
+    """The tables, named with ``suffix`` (the generation): deals, pipelines, stage totals."""
+    deals = Table(
+        f"current_pipeline_deals{suffix}",
+        metadata,
+        Column("deal_id", String(36), primary_key=True),
+        Column("pipeline_id", String(36), nullable=False),
+        Column("title", String(200), nullable=False),
+        Column("value", Money(), nullable=False),
+        Column("owner", String(100), nullable=False),
+        Column("stage_id", String(100), nullable=False),
+        Column("status", String(8), nullable=False),
+        Column("probability", Integer, nullable=False),
+        Column("probability_override", Integer, nullable=True),
+        Column("weighted_value", Money(), nullable=False),
+        Column("expected_close_date", Date, nullable=True),
+        Column("entered_current_stage_at", UtcDateTime(), nullable=False),
+        Column("last_activity_at", UtcDateTime(), nullable=False),
+        Column("created_at", UtcDateTime(), nullable=False),
+        Column("closed_at", UtcDateTime(), nullable=True),
+        Column("lost_reason", String(100), nullable=True),
+        Column("lost_note", String(2000), nullable=True),
+        Column("external_id", String(200), nullable=True),
+        Column("account", String(100), nullable=True),
+        Column("product", String(100), nullable=True),
+        Column("snoozed_until", UtcDateTime(), nullable=True),
+        Column("snooze_reason", String(2000), nullable=True),
+        Column("version", Integer, nullable=False),
+        Column("updated_at", UtcDateTime(), nullable=False),
+        Column("position", Integer, nullable=False),
+    )
+    Index(f"ix_cpd{suffix}_order", deals.c.created_at, deals.c.deal_id)
+    Index(
+        f"ix_cpd{suffix}_pipeline",
+        deals.c.pipeline_id,
+        deals.c.status,
+        deals.c.stage_id,
+        deals.c.created_at,
+        deals.c.deal_id,
+    )
+    Index(
+        f"ix_cpd{suffix}_pipeline_order",
+        deals.c.pipeline_id,
+        deals.c.created_at,
+        deals.c.deal_id,
+    )
+    Index(f"ix_cpd{suffix}_owner", deals.c.owner, deals.c.created_at, deals.c.deal_id)
+    Index(f"ix_cpd{suffix}_updated", deals.c.updated_at)
+    pipelines = Table(
+        f"current_pipeline_pipelines{suffix}",
+        metadata,
+        Column("pipeline_id", String(36), primary_key=True),
+        Column("name", String(100), nullable=False),
+        Column("currency", String(3), nullable=False),
+        Column("stages", JSON, nullable=False),
+        Column("removed_stages", JSON, nullable=False),
+        Column("lost_reasons", JSON, nullable=False),
+        Column("retired_lost_reasons", JSON, nullable=False),
+        Column("allow_skipping_stages", Boolean, nullable=False),
+        Column("allow_moving_back", Boolean, nullable=False),
+        Column("stale_after_days", Integer, nullable=True),
+        Column("version", Integer, nullable=False),
+        Column("created_at", UtcDateTime(), nullable=False),
+        Column("updated_at", UtcDateTime(), nullable=False),
+        Column("position", Integer, nullable=False),
+    )
+    totals = Table(
+        f"current_pipeline_stage_totals{suffix}",
+        metadata,
+        Column("pipeline_id", String(36), primary_key=True),
+        Column("stage_id", String(100), primary_key=True),
+        Column("open_count", Integer, nullable=False),
+        Column("open_value", Money(), nullable=False),
+        Column("weighted_value", Money(), nullable=False),
+    )
+    return {"deals": deals, "pipelines": pipelines, "totals": totals}

@@ -1,0 +1,134 @@
+"""``stage_durations``'s projector: a visit opens when a deal enters a stage, closes when
+it leaves (advanced, moved back, won, lost, moved to another pipeline)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import MetaData, Table, and_, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from libs.application.records import EventRecord
+from libs.domain.events import CLOSES, DEAL_EVENTS, OWNER_EVENTS, PIPELINE_EVENTS, EventType
+from services.projections.base import Projection
+from services.projections.sql import bulk_upsert
+from services.projections.stage_durations import schema
+
+E = EventType
+EXIT_KINDS = ("advanced", "moved_back", "won", "lost", "moved_pipeline")
+
+
+class StageDurations(Projection):
+    """Each visit of a deal to a stage: when it entered, when and how it left."""
+
+    name = "stage_durations"
+    handles = DEAL_EVENTS
+    ignores = PIPELINE_EVENTS | OWNER_EVENTS
+
+    def define(self, metadata: MetaData, suffix: str) -> dict[str, Table]:
+        return schema.define(metadata, suffix)
+
+    async def apply(
+        self, conn: AsyncConnection, tables: dict[str, Table], records: Sequence[EventRecord]
+    ) -> None:
+        visits_t = tables["visits"]
+        deal_ids = list({r.key for r in records if r.event_type in DEAL_EVENTS})
+        last: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(deal_ids), 500):
+            chunk = deal_ids[i : i + 500]
+            latest = (
+                select(visits_t.c.deal_id, func.max(visits_t.c.visit).label("visit"))
+                .where(visits_t.c.deal_id.in_(chunk))
+                .group_by(visits_t.c.deal_id)
+                .subquery()
+            )
+            rows = await conn.execute(
+                select(visits_t).join(
+                    latest,
+                    and_(
+                        visits_t.c.deal_id == latest.c.deal_id, visits_t.c.visit == latest.c.visit
+                    ),
+                )
+            )
+            last.update({r["deal_id"]: dict(r) for r in rows.mappings().all()})
+
+        changed: dict[tuple[str, int], dict[str, Any]] = {}
+
+        def open_visit(
+            prev: dict[str, Any],
+            stage_id: str,
+            stage_name: str,
+            rec: EventRecord,
+            pipeline_id: str | None = None,
+        ) -> None:
+            row = {
+                "deal_id": prev["deal_id"],
+                "visit": prev["visit"] + 1,
+                "pipeline_id": pipeline_id or prev["pipeline_id"],
+                "stage_id": stage_id,
+                "stage_name": stage_name,
+                "owner": prev["owner"],
+                "entered_at": rec.when,
+                "exited_at": None,
+                "duration_seconds": None,
+                "exit_kind": None,
+                "entered_position": rec.position,
+                "exited_position": None,
+            }
+            last[row["deal_id"]] = row
+            changed[(row["deal_id"], row["visit"])] = row
+
+        def close_visit(row: dict[str, Any], kind: str, rec: EventRecord) -> None:
+            row = dict(row)
+            row.update(
+                exited_at=rec.when,
+                duration_seconds=(rec.when - row["entered_at"]).total_seconds(),
+                exit_kind=kind,
+                exited_position=rec.position,
+            )
+            last[row["deal_id"]] = row
+            changed[(row["deal_id"], row["visit"])] = row
+
+        for rec in records:
+            kind = rec.event_type
+            if kind not in DEAL_EVENTS:
+                continue
+            deal_id, p = rec.key, rec.payload
+            prev = last.get(deal_id)
+            if kind == E.DEAL_CREATED:
+                seed = {
+                    "deal_id": deal_id,
+                    "visit": 0,
+                    "pipeline_id": str(p["pipeline_id"]),
+                    "owner": p["owner"],
+                }
+                open_visit(seed, p["stage_id"], p["stage_name"], rec)
+                continue
+            if prev is None:
+                continue
+            is_open = prev["exited_at"] is None
+            if kind == E.STAGE_ADVANCED and is_open:
+                moved = "moved_back" if p.get("direction") == "backward" else "advanced"
+                close_visit(prev, moved, rec)
+                open_visit(last[deal_id], p["to_stage_id"], p["to_stage_name"], rec)
+            elif kind == E.DEAL_MOVED and is_open:
+                close_visit(prev, "moved_pipeline", rec)
+                open_visit(
+                    last[deal_id],
+                    p["to_stage_id"],
+                    p["to_stage_name"],
+                    rec,
+                    pipeline_id=str(p["to_pipeline_id"]),
+                )
+            elif kind in CLOSES and is_open:
+                close_visit(prev, "won" if kind == E.DEAL_WON else "lost", rec)
+            elif kind == E.DEAL_REOPENED and not is_open:
+                open_visit(prev, p["stage_id"], p["stage_name"], rec)
+            elif kind == E.OWNER_CHANGED and is_open:
+                # Only open deals change owner; the open visit (and later ones) carry it.
+                row = dict(prev, owner=p["to_owner"])
+                last[deal_id] = row
+                changed[(deal_id, row["visit"])] = row
+
+        await bulk_upsert(conn, visits_t, ["deal_id", "visit"], list(changed.values()))

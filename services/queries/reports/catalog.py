@@ -1,0 +1,26 @@
+"""Every report by the name it has in routes and on the command line."""
+
+from __future__ import annotations
+
+from services.queries.reports import ReportFn
+from services.queries.reports.closes import cycle_time, lost_reasons, velocity, win_rate
+from services.queries.reports.durations import stage_durations_report
+from services.queries.reports.forecast import forecast
+from services.queries.reports.funnel import funnel
+from services.queries.reports.owners import owners
+from services.queries.reports.stale import stale_deals
+
+# Reports about one pipeline's stages: they need ``pipeline_id``.
+NEEDS_PIPELINE = frozenset({"funnel", "stage-durations"})
+
+REPORTS: dict[str, ReportFn] = {
+    "funnel": funnel,
+    "win-rate": win_rate,
+    "lost-reasons": lost_reasons,
+    "forecast": forecast,
+    "cycle-time": cycle_time,
+    "velocity": velocity,
+    "owners": owners,
+    "stale-deals": stale_deals,
+    "stage-durations": stage_durations_report,
+}

@@ -1,0 +1,79 @@
+"""The forecast: open deals by expected close month, with the value won per month."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from services.projections.analytics import queries as analytics
+from services.queries.reports import Report, ReportContext, ReportParams
+from services.queries.reports.common import close_filter, open_deal_totals
+
+ZERO = Decimal(0)
+
+
+def _month(d: date | datetime) -> str:
+    return f"{d.year:04d}-{d.month:02d}"
+
+
+async def forecast(ctx: ReportContext, params: ReportParams) -> Report:
+    """Open deals' value and weighted value by expected close month (overdue and undated
+    in their own buckets), with the value won per month beside it."""
+    by_date, position = await open_deal_totals(ctx, params, "expected_close_date")
+    async with ctx.models.open("analytics", params.min_position) as view:
+        wins = await analytics.wins_by_month(view.conn, view.tables, close_filter(params))
+        apos = view.position
+    today = ctx.clock().date()
+    buckets: dict[str, dict[str, Any]] = {}
+
+    def bucket(name: str) -> dict[str, Any]:
+        return buckets.setdefault(
+            name,
+            {
+                "bucket": name,
+                "open_count": 0,
+                "open_value": ZERO,
+                "weighted_value": ZERO,
+                "won_count": 0,
+                "won_value": ZERO,
+            },
+        )
+
+    start_month = _month(params.start) if params.start else None
+    end_month = _month(params.end - timedelta(microseconds=1)) if params.end else None
+    for d in by_date:
+        close = d["key"]
+        if close is None:
+            name = "no date"
+        elif close < today:
+            name = "overdue"
+        else:
+            name = _month(close)
+            if (start_month and name < start_month) or (end_month and name > end_month):
+                continue
+        b = bucket(name)
+        b["open_count"] += d["count"]
+        b["open_value"] += d["value"]
+        b["weighted_value"] += d["weighted_value"]
+    for w in wins:
+        b = bucket(w["month"])
+        b["won_count"] += w["n"]
+        b["won_value"] += w["value"]
+    special = {"overdue": "0", "no date": "1"}
+    rows = sorted(buckets.values(), key=lambda b: special.get(b["bucket"], "2" + b["bucket"]))
+    summary = {
+        "open_value": sum((r["open_value"] for r in rows), ZERO),
+        "weighted_value": sum((r["weighted_value"] for r in rows), ZERO),
+        "won_value": sum((r["won_value"] for r in rows), ZERO),
+        "today": today.isoformat(),
+    }
+    return Report(
+        "forecast",
+        params.as_dict(),
+        rows,
+        summary,
+        min(position, apos),
+        notes="Open deals by expected close month as of now; `from`/`to` bound "
+        "the months shown and the wins counted.",
+    )

@@ -1,0 +1,90 @@
+"""Per rep: open pipeline now, closes and speed in the period, events recorded."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select
+
+from services.projections.analytics import queries as analytics
+from services.projections.sql import micros_to_days
+from services.queries.reports import Report, ReportContext, ReportParams, day_stats, ratio
+from services.queries.reports.common import close_filter, open_deal_totals
+
+ZERO = Decimal(0)
+
+
+async def owners(ctx: ReportContext, params: ReportParams) -> Report:
+    """Per rep: open deals and value, weighted value (now); won count and value, lost count,
+    win rate, average won deal size, median days to win and events recorded (in the period)."""
+    open_totals, position = await open_deal_totals(ctx, params, "owner")
+    async with ctx.models.open("analytics", params.min_position) as view:
+        closes = await analytics.owner_closes(view.conn, view.tables, close_filter(params))
+        members = await analytics.memberships(view.conn, view.tables)
+        apos = view.position
+    now = ctx.clock()
+    per: dict[str, dict[str, Any]] = {}
+
+    def entry(owner: str) -> dict[str, Any]:
+        if owner not in per:
+            team, region = analytics.membership_at(members, owner, now)
+            per[owner] = {
+                "owner": owner,
+                "team": team,
+                "region": region,
+                "open_deals": 0,
+                "open_value": ZERO,
+                "weighted_value": ZERO,
+                "won": 0,
+                "won_value": ZERO,
+                "lost": 0,
+                "_days": [],
+            }
+        return per[owner]
+
+    for t in open_totals:
+        e = entry(t["key"])
+        e["open_deals"] += t["count"]
+        e["open_value"] += t["value"]
+        e["weighted_value"] += t["weighted_value"]
+    for c in closes:
+        e = entry(c["owner"])
+        e["won"] += c["won"]
+        e["won_value"] += c["won_value"]
+        e["lost"] += c["lost"]
+        e["_days"] += [micros_to_days(m) for m in c["win_micros"]]
+    async with ctx.models.open("audit_history", params.min_position) as view:
+        events = await _events_by_actor(view.conn, view.tables, params)
+    rows = []
+    for owner in sorted(per):
+        e = per[owner]
+        days = sorted(e.pop("_days"))
+        e["win_rate"] = ratio(e["won"], e["won"] + e["lost"])
+        e["average_deal_size"] = (
+            (e["won_value"] / e["won"]).quantize(Decimal("0.01")) if e["won"] else None
+        )
+        e["median_days_to_win"] = day_stats(days)["median_days"]
+        e["events_recorded"] = events.get(owner, 0)
+        rows.append(e)
+    return Report(
+        "owners",
+        params.as_dict(),
+        rows,
+        {"owners": len(rows)},
+        min(position, apos),
+        notes="events_recorded: events the rep made (as actor) in the period (occurred_at).",
+    )
+
+
+async def _events_by_actor(conn: Any, tables: Any, params: ReportParams) -> dict[str, int]:
+    t = tables["events"]
+    # the period is on business time, as for every report (recorded_at only if none)
+    when = func.coalesce(t.c.occurred_at, t.c.recorded_at)
+    clauses: list[Any] = []
+    if params.start is not None:
+        clauses.append(when >= params.start)
+    if params.end is not None:
+        clauses.append(when < params.end)
+    query = select(t.c.actor, func.count()).where(*clauses).group_by(t.c.actor)
+    return {actor: n for actor, n in (await conn.execute(query)).all() if actor}
