@@ -95,7 +95,7 @@ async def test_money_is_summed_exactly_to_the_fourth_decimal(api: httpx.AsyncCli
     await s.command("W2", "win", days_before(10))  # 10 days
 
     lost = await s.report("lost-reasons", pipeline_id=pid)
-    assert lost["summary"] == {"lost": 2, "lost_value": "0.30"}
+    assert lost["summary"] == {"lost": 2, "lost_value": {"EUR": "0.30"}}
     assert [(r["reason"], r["count"], r["value"]) for r in lost["rows"]] == [
         ("Price", 2, "0.30"),
         ("Price", 2, "0.30"),
@@ -104,9 +104,9 @@ async def test_money_is_summed_exactly_to_the_fourth_decimal(api: httpx.AsyncCli
     forecast = await s.report("forecast", pipeline_id=pid)
     # weighted: 0.0005 * 30 % = 0.00015 -> 0.0002 (half even); 10.0001 * 10 % -> 1.0000
     assert forecast["summary"] == {
-        "open_value": "10.0006",
-        "weighted_value": "1.0002",
-        "won_value": "1000000001234.5677",
+        "open_value": {"EUR": "10.0006"},
+        "weighted_value": {"EUR": "1.0002"},
+        "won_value": {"EUR": "1000000001234.5677"},
         "today": "2026-06-01",
     }
 
@@ -125,9 +125,9 @@ async def test_money_is_summed_exactly_to_the_fourth_decimal(api: httpx.AsyncCli
     assert velocity["summary"] == {
         "open_deals": 2,
         "win_rate": 0.5,
-        "average_won_value": "500000000617.28",
+        "average_won_value": {"EUR": "500000000617.28"},
         "average_days_to_win": 7.5,
-        "velocity_per_day": "66666666748.97",
+        "velocity_per_day": {"EUR": "66666666748.97"},
     }
 
 
@@ -254,3 +254,51 @@ async def test_the_most_stale_deals_are_listed_when_there_are_more(
     second = min(s.ids["B"], s.ids["C"])
     assert [r["deal_id"] for r in report["rows"]] == [s.ids["A"], second]
     assert [r["days_stale"] for r in report["rows"]] == [10.0, 5.0]
+
+
+# --- money never adds across currencies ---------------------------------------------------
+
+
+async def test_reports_over_every_pipeline_keep_each_currency_apart(api: httpx.AsyncClient) -> None:
+    s = Session(api)
+    euros = await s.pipeline(STAGES, name="Euros")
+    dollars = await s.pipeline(STAGES, name="Dollars", currency="USD")
+    for label, pipeline in (("E", euros), ("U", dollars)):
+        await s.create(f"{label} open", pipeline, "100", days_before(30), owner="rita")
+        await s.create(f"{label} won", pipeline, "100", days_before(30), owner="rita")
+        await s.create(f"{label} lost", pipeline, "100", days_before(30), owner="rita")
+        await s.command(f"{label} won", "win", days_before(10))
+        await s.command(f"{label} lost", "lose", days_before(10), reason="Price")
+
+    forecast = await s.report("forecast")
+    # one open 100 and one win of 100 in each currency: never "200.00"
+    for field_name in ("open_value", "won_value"):
+        assert forecast["summary"][field_name] == {"EUR": "100.00", "USD": "100.00"}
+    assert sorted((r["bucket"], r["currency"]) for r in forecast["rows"]) == sorted(
+        [("no date", "EUR"), ("no date", "USD"), ("2026-05", "EUR"), ("2026-05", "USD")]
+    )
+
+    owners = await s.report("owners")
+    ritas = {r["currency"]: r for r in owners["rows"] if r["owner"] == "rita"}
+    assert set(ritas) == {"EUR", "USD"}
+    for row in ritas.values():
+        assert (row["open_value"], row["won_value"], row["won"], row["lost"]) == (
+            "100.00",
+            "100.00",
+            1,
+            1,
+        )
+    assert owners["summary"] == {"owners": 1}
+
+    lost = await s.report("lost-reasons")
+    assert lost["summary"] == {"lost": 2, "lost_value": {"EUR": "100.00", "USD": "100.00"}}
+    per_reason = [(r["reason"], r["currency"], r["value"]) for r in lost["rows"]]
+    assert ("Price", "EUR", "100.00") in per_reason and ("Price", "USD", "100.00") in per_reason
+
+    velocity = await s.report("velocity")
+    assert [r["currency"] for r in velocity["rows"]] == ["EUR", "USD"]
+    assert set(velocity["summary"]["average_won_value"]) == {"EUR", "USD"}
+
+    # one pipeline: one currency
+    only = await s.report("forecast", pipeline_id=dollars)
+    assert only["summary"]["open_value"] == {"USD": "100.00"}

@@ -424,7 +424,7 @@ async def test_lost_reasons_give_count_value_and_share_per_reason_and_per_stage(
     # losses: D2 Price 2000 (Demo), D5 Price 5000 (Demo), D6 Timing 6500 (Proposal: the
     # value at the loss, after the change on 10.3), D7 Competitor 1500 (Lead)
     # total = 2000 + 5000 + 6500 + 1500 = 15000
-    assert report["summary"] == {"lost": 4, "lost_value": "15000.00"}
+    assert report["summary"] == {"lost": 4, "lost_value": {"EUR": "15000.00"}}
     reasons = [
         (r["reason"], r["count"], r["value"], r["share"])
         for r in report["rows"]
@@ -449,7 +449,7 @@ async def test_lost_reasons_give_count_value_and_share_per_reason_and_per_stage(
 
     february = await book.report("lost-reasons", **{"from": at(2, 1), "to": at(3, 1)})
     # D2 (5.2), D7 (20.2), D5 (21.2); D6's loss on 27.3 is outside
-    assert february["summary"] == {"lost": 3, "lost_value": "8500.00"}
+    assert february["summary"] == {"lost": 3, "lost_value": {"EUR": "8500.00"}}
     assert [
         (r["reason"], r["count"], r["value"])
         for r in february["rows"]
@@ -458,7 +458,7 @@ async def test_lost_reasons_give_count_value_and_share_per_reason_and_per_stage(
 
     sams = await book.report("lost-reasons", owner="sam")
     # D5 Price 5000, D6 Timing 6500
-    assert sams["summary"] == {"lost": 2, "lost_value": "11500.00"}
+    assert sams["summary"] == {"lost": 2, "lost_value": {"EUR": "11500.00"}}
     assert [
         (r["stage_id"], r["reason"], r["count"], r["value"], r["share"])
         for r in sams["rows"]
@@ -503,11 +503,12 @@ async def test_the_forecast_buckets_open_deals_by_close_month_beside_won_value_p
     # open 8000 + 10000 + 9000 = 27000; weighted 2400 + 1000 + 5400 = 8800;
     # won 5000 + 3000 + 1500 = 9500
     assert report["summary"] == {
-        "open_value": "27000.00",
-        "weighted_value": "8800.00",
-        "won_value": "9500.00",
+        "open_value": {"EUR": "27000.00"},
+        "weighted_value": {"EUR": "8800.00"},
+        "won_value": {"EUR": "9500.00"},
         "today": "2026-06-01",
     }
+    assert {r["currency"] for r in report["rows"]} == {"EUR"}
 
 
 async def test_the_forecast_period_bounds_the_months_shown_and_team_uses_each_membership(
@@ -522,9 +523,9 @@ async def test_the_forecast_period_bounds_the_months_shown_and_team_uses_each_me
         ("2026-03", 0, "0.00", "0.00", 1, "3000.00"),
         ("2026-05", 0, "0.00", "0.00", 1, "1500.00"),
     ]
-    assert spring["summary"]["open_value"] == "18000.00"  # 8000 + 10000
-    assert spring["summary"]["weighted_value"] == "3400.00"  # 2400 + 1000
-    assert spring["summary"]["won_value"] == "4500.00"  # 3000 + 1500
+    assert spring["summary"]["open_value"] == {"EUR": "18000.00"}  # 8000 + 10000
+    assert spring["summary"]["weighted_value"] == {"EUR": "3400.00"}  # 2400 + 1000
+    assert spring["summary"]["won_value"] == {"EUR": "4500.00"}  # 3000 + 1500
 
     south = await book.report("forecast", team="South")
     # open deals of owners in South now: D8 (raj), D10 (sam); wins closed in South:
@@ -626,11 +627,21 @@ async def test_velocity_shows_each_factor_and_their_product(book: Book) -> None:
     assert summary == {
         "open_deals": 3,
         "win_rate": pytest.approx(2 / 3),
-        "average_won_value": "2250.00",
+        "average_won_value": {"EUR": "2250.00"},
         "average_days_to_win": pytest.approx(75),
-        "velocity_per_day": "60.00",
+        "velocity_per_day": {"EUR": "60.00"},
     }
-    assert report["rows"] == [report["summary"]]
+    # one row per currency, with the same figures
+    assert report["rows"] == [
+        {
+            "currency": "EUR",
+            "open_deals": 3,
+            "win_rate": pytest.approx(2 / 3),
+            "average_won_value": "2250.00",
+            "average_days_to_win": pytest.approx(75),
+            "velocity_per_day": "60.00",
+        }
+    ]
 
     year = await book.report("velocity", **{"from": at(1, 1), "to": at(6, 1)})
     # every close: 4 won of 8 -> 0.5; average won (1000 + 3000 + 4000 + 1500) / 4 = 2375;
@@ -638,9 +649,9 @@ async def test_velocity_shows_each_factor_and_their_product(book: Book) -> None:
     assert year["summary"] == {
         "open_deals": 3,
         "win_rate": 0.5,
-        "average_won_value": "2375.00",
+        "average_won_value": {"EUR": "2375.00"},
         "average_days_to_win": pytest.approx(55),
-        "velocity_per_day": "64.77",
+        "velocity_per_day": {"EUR": "64.77"},
     }
 
     south = await book.report("velocity", team="South")
@@ -650,9 +661,9 @@ async def test_velocity_shows_each_factor_and_their_product(book: Book) -> None:
     assert south["summary"] == {
         "open_deals": 2,
         "win_rate": 0.5,
-        "average_won_value": "3000.00",
+        "average_won_value": {"EUR": "3000.00"},
         "average_days_to_win": pytest.approx(60),
-        "velocity_per_day": "50.00",
+        "velocity_per_day": {"EUR": "50.00"},
     }
 
     ritas = await book.report("velocity", owner="rita")
@@ -661,9 +672,9 @@ async def test_velocity_shows_each_factor_and_their_product(book: Book) -> None:
     assert ritas["summary"] == {
         "open_deals": 1,
         "win_rate": 1.0,
-        "average_won_value": "1500.00",
+        "average_won_value": {"EUR": "1500.00"},
         "average_days_to_win": pytest.approx(90),
-        "velocity_per_day": "16.67",
+        "velocity_per_day": {"EUR": "16.67"},
     }
 
 

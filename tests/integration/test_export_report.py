@@ -118,7 +118,7 @@ def test_a_report_exports_as_json_with_its_period_applied(
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["report"] == "lost-reasons"
-    assert report["summary"] == {"lost": 1, "lost_value": "100.00"}
+    assert report["summary"] == {"lost": 1, "lost_value": {"EUR": "100.00"}}
     reasons = [r for r in report["rows"] if r["dimension"] == "reason"]
     assert [(r["reason"], r["count"]) for r in reasons] == [("Price", 1)]
 

@@ -223,11 +223,12 @@ async def close_counts(
 async def loss_totals(
     conn: AsyncConnection, tables: dict[str, Table], f: CloseFilter
 ) -> list[dict[str, Any]]:
-    """Losses per (stage, reason): ``n`` and ``value`` (the deal's value at the loss)."""
+    """Losses per (pipeline, stage, reason): ``n`` and ``value`` (the deal's value at the
+    loss)."""
     o = tables["outcomes"]
     dialect = conn.dialect.name
     closes = _closes(tables, f)
-    keys = (o.c.stage_id, o.c.lost_reason)
+    keys = (o.c.pipeline_id, o.c.stage_id, o.c.lost_reason)
     query = (
         select(*keys, func.count().label("n"), *money_sum(o.c.value, dialect, "value"))
         .select_from(closes.source)
@@ -237,6 +238,7 @@ async def loss_totals(
     rows = (await conn.execute(query)).mappings().all()
     return [
         {
+            "pipeline_id": r["pipeline_id"],
             "stage_id": r["stage_id"],
             "lost_reason": r["lost_reason"],
             "n": r["n"],
@@ -249,19 +251,32 @@ async def loss_totals(
 async def wins_by_month(
     conn: AsyncConnection, tables: dict[str, Table], f: CloseFilter
 ) -> list[dict[str, Any]]:
-    """Wins per ``YYYY-MM`` of the close (UTC): ``n`` and ``value``."""
+    """Wins per (pipeline, ``YYYY-MM`` of the close in UTC): ``n`` and ``value``."""
     o = tables["outcomes"]
     dialect = conn.dialect.name
     closes = _closes(tables, f)
     month = month_of(o.c.closed_at, dialect).label("month")
     query = (
-        select(month, func.count().label("n"), *money_sum(o.c.value, dialect, "value"))
+        select(
+            o.c.pipeline_id,
+            month,
+            func.count().label("n"),
+            *money_sum(o.c.value, dialect, "value"),
+        )
         .select_from(closes.source)
         .where(*closes.clauses, o.c.outcome == "won")
-        .group_by(month)
+        .group_by(o.c.pipeline_id, month)
     )
     rows = (await conn.execute(query)).mappings().all()
-    return [{"month": r["month"], "n": r["n"], "value": money_total(r, "value")} for r in rows]
+    return [
+        {
+            "pipeline_id": r["pipeline_id"],
+            "month": r["month"],
+            "n": r["n"],
+            "value": money_total(r, "value"),
+        }
+        for r in rows
+    ]
 
 
 async def close_durations(
@@ -295,8 +310,8 @@ async def close_durations(
 async def owner_closes(
     conn: AsyncConnection, tables: dict[str, Table], f: CloseFilter
 ) -> list[dict[str, Any]]:
-    """Per owner: ``won``, ``lost``, ``won_value`` and ``win_micros`` (each win's time from
-    creation in microseconds, in no particular order)."""
+    """Per (owner, pipeline): ``won``, ``lost``, ``won_value`` and ``win_micros`` (each
+    win's time from creation in microseconds, in no particular order)."""
     o = tables["outcomes"]
     dialect = conn.dialect.name
     closes = _closes(tables, f)
@@ -305,6 +320,7 @@ async def owner_closes(
     query = (
         select(
             o.c.owner,
+            o.c.pipeline_id,
             count_if(won).label("won"),
             count_if(o.c.outcome != "won").label("lost"),
             *money_sum(case((won, o.c.value)), dialect, "won_value"),
@@ -312,12 +328,13 @@ async def owner_closes(
         )
         .select_from(closes.source)
         .where(*closes.clauses)
-        .group_by(o.c.owner)
+        .group_by(o.c.owner, o.c.pipeline_id)
     )
     rows = (await conn.execute(query)).mappings().all()
     return [
         {
             "owner": r["owner"],
+            "pipeline_id": r["pipeline_id"],
             "won": int(r["won"]),
             "lost": int(r["lost"]),
             "won_value": money_total(r, "won_value"),
@@ -329,42 +346,49 @@ async def owner_closes(
 
 async def close_totals(
     conn: AsyncConnection, tables: dict[str, Table], f: CloseFilter
-) -> dict[str, Any]:
-    """``closes``, ``won`` and ``won_value`` over the filtered closes."""
+) -> list[dict[str, Any]]:
+    """Per pipeline: ``closes``, ``won`` and ``won_value`` over the filtered closes."""
     o = tables["outcomes"]
     dialect = conn.dialect.name
     closes = _closes(tables, f)
     won = o.c.outcome == "won"
     query = (
         select(
+            o.c.pipeline_id,
             func.count().label("closes"),
             count_if(won).label("won"),
             *money_sum(case((won, o.c.value)), dialect, "won_value"),
         )
         .select_from(closes.source)
         .where(*closes.clauses)
+        .group_by(o.c.pipeline_id)
     )
-    row = (await conn.execute(query)).mappings().one()
-    return {
-        "closes": int(row["closes"]),
-        "won": int(row["won"]),
-        "won_value": money_total(row, "won_value"),
-    }
+    rows = (await conn.execute(query)).mappings().all()
+    return [
+        {
+            "pipeline_id": r["pipeline_id"],
+            "closes": int(r["closes"]),
+            "won": int(r["won"]),
+            "won_value": money_total(r, "won_value"),
+        }
+        for r in rows
+    ]
 
 
 async def win_durations(
     conn: AsyncConnection, tables: dict[str, Table], f: CloseFilter
-) -> list[int]:
-    """Each win's time from the deal's creation in microseconds, in log order."""
+) -> list[tuple[str, int]]:
+    """Each win's pipeline and time from the deal's creation in microseconds, in log
+    order."""
     o = tables["outcomes"]
     closes = _closes(tables, f)
     query = (
-        select(micros_between(o.c.created_at, o.c.closed_at, conn.dialect.name))
+        select(o.c.pipeline_id, micros_between(o.c.created_at, o.c.closed_at, conn.dialect.name))
         .select_from(closes.source)
         .where(*closes.clauses, o.c.outcome == "won")
         .order_by(o.c.position)
     )
-    return [int(m) for m in (await conn.execute(query)).scalars().all()]
+    return [(str(p), int(m)) for p, m in (await conn.execute(query)).all()]
 
 
 async def funnel_counts(

@@ -3,7 +3,10 @@ they count, and the owners of a team."""
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Iterable
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import false, func, select
@@ -68,33 +71,62 @@ def open_deal_clauses(deals: Any, params: ReportParams, team_owners: list[str] |
     return clauses
 
 
+async def currencies(ctx: ReportContext, params: ReportParams) -> dict[str, str]:
+    """Each pipeline's currency, by pipeline id (a pipeline's currency never changes)."""
+    async with ctx.models.open("current_pipeline", params.min_position) as view:
+        rows = await current_pipeline.list_pipelines(view.conn, view.tables)
+    return {row["pipeline_id"]: row["currency"] for row in rows}
+
+
+def per_currency(amounts: Iterable[tuple[str, Decimal]]) -> dict[str, Decimal]:
+    """Amounts summed per currency, in currency order: money never adds across currencies."""
+    totals: dict[str, Decimal] = defaultdict(Decimal)
+    for currency, amount in amounts:
+        totals[currency] += amount
+    return dict(sorted(totals.items()))
+
+
 async def open_deal_totals(
     ctx: ReportContext, params: ReportParams, group_by: str | None
 ) -> tuple[list[dict[str, Any]], int]:
-    """Open deals now: ``count``, ``value`` and ``weighted_value``, per ``group_by`` column
-    (one row over all without)."""
-    team_owners = await owners_of_team(ctx, params, ctx.clock())
+    """Open deals now: ``count``, ``value`` and ``weighted_value`` per ``currency`` (and per
+    ``group_by`` column, as ``key``)."""
+    team = await owners_of_team(ctx, params, ctx.clock())
     async with ctx.models.open("current_pipeline", params.min_position) as view:
         deals = view.tables["deals"]
         dialect = view.conn.dialect.name
         keys = [deals.c[group_by]] if group_by else []
-        query = select(
-            *keys,
-            func.count().label("count"),
-            *money_sum(deals.c.value, dialect, "value"),
-            *money_sum(deals.c.weighted_value, dialect, "weighted_value"),
-        ).where(*open_deal_clauses(deals, params, team_owners))
-        if keys:
-            query = query.group_by(*keys)
+        query = (
+            select(
+                *keys,
+                deals.c.pipeline_id,
+                func.count().label("count"),
+                *money_sum(deals.c.value, dialect, "value"),
+                *money_sum(deals.c.weighted_value, dialect, "weighted_value"),
+            )
+            .where(*open_deal_clauses(deals, params, team))
+            .group_by(*keys, deals.c.pipeline_id)
+        )
         result = (await view.conn.execute(query)).mappings().all()
-        position = view.position
-    rows = [
-        {
-            **({"key": r[group_by]} if group_by else {}),
-            "count": int(r["count"]),
-            "value": money_total(r, "value"),
-            "weighted_value": money_total(r, "weighted_value"),
+        currency = {
+            p["pipeline_id"]: p["currency"]
+            for p in await current_pipeline.list_pipelines(view.conn, view.tables)
         }
-        for r in result
-    ]
-    return rows, position
+        position = view.position
+    merged: dict[tuple[Any, str], dict[str, Any]] = {}
+    for r in result:
+        key = r[group_by] if group_by else None
+        entry = merged.setdefault(
+            (key, currency[r["pipeline_id"]]),
+            {
+                **({"key": key} if group_by else {}),
+                "currency": currency[r["pipeline_id"]],
+                "count": 0,
+                "value": Decimal(0),
+                "weighted_value": Decimal(0),
+            },
+        )
+        entry["count"] += int(r["count"])
+        entry["value"] += money_total(r, "value")
+        entry["weighted_value"] += money_total(r, "weighted_value")
+    return list(merged.values()), position

@@ -8,7 +8,12 @@ from typing import Any
 
 from services.projections.analytics import queries as analytics
 from services.queries.reports import Report, ReportContext, ReportParams
-from services.queries.reports.common import close_filter, open_deal_totals
+from services.queries.reports.common import (
+    close_filter,
+    currencies,
+    open_deal_totals,
+    per_currency,
+)
 
 ZERO = Decimal(0)
 
@@ -19,19 +24,22 @@ def _month(d: date | datetime) -> str:
 
 async def forecast(ctx: ReportContext, params: ReportParams) -> Report:
     """Open deals' value and weighted value by expected close month (overdue and undated
-    in their own buckets), with the value won per month beside it."""
+    in their own buckets), with the value won per month beside it; a row per month and
+    currency, totals per currency."""
     by_date, position = await open_deal_totals(ctx, params, "expected_close_date")
+    currency = await currencies(ctx, params)
     async with ctx.models.open("analytics", params.min_position) as view:
         wins = await analytics.wins_by_month(view.conn, view.tables, close_filter(params))
         apos = view.position
     today = ctx.clock().date()
-    buckets: dict[str, dict[str, Any]] = {}
+    buckets: dict[tuple[str, str], dict[str, Any]] = {}
 
-    def bucket(name: str) -> dict[str, Any]:
+    def bucket(name: str, code: str) -> dict[str, Any]:
         return buckets.setdefault(
-            name,
+            (name, code),
             {
                 "bucket": name,
+                "currency": code,
                 "open_count": 0,
                 "open_value": ZERO,
                 "weighted_value": ZERO,
@@ -52,28 +60,30 @@ async def forecast(ctx: ReportContext, params: ReportParams) -> Report:
             name = _month(close)
             if (start_month and name < start_month) or (end_month and name > end_month):
                 continue
-        b = bucket(name)
+        b = bucket(name, d["currency"])
         b["open_count"] += d["count"]
         b["open_value"] += d["value"]
         b["weighted_value"] += d["weighted_value"]
     for w in wins:
-        b = bucket(w["month"])
+        b = bucket(w["month"], currency[w["pipeline_id"]])
         b["won_count"] += w["n"]
         b["won_value"] += w["value"]
     special = {"overdue": "0", "no date": "1"}
-    rows = sorted(buckets.values(), key=lambda b: special.get(b["bucket"], "2" + b["bucket"]))
+    rows = sorted(
+        buckets.values(),
+        key=lambda b: (special.get(b["bucket"], "2" + b["bucket"]), b["currency"]),
+    )
     summary = {
-        "open_value": sum((r["open_value"] for r in rows), ZERO),
-        "weighted_value": sum((r["weighted_value"] for r in rows), ZERO),
-        "won_value": sum((r["won_value"] for r in rows), ZERO),
-        "today": today.isoformat(),
+        field: per_currency((r["currency"], r[field]) for r in rows)
+        for field in ("open_value", "weighted_value", "won_value")
     }
     return Report(
         "forecast",
         params.as_dict(),
         rows,
-        summary,
+        {**summary, "today": today.isoformat()},
         min(position, apos),
         notes="Open deals by expected close month as of now; `from`/`to` bound "
-        "the months shown and the wins counted.",
+        "the months shown and the wins counted. Amounts never add across currencies: "
+        "a row per month and currency, totals per currency.",
     )

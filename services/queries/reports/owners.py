@@ -10,29 +10,32 @@ from sqlalchemy import func, select
 from services.projections.analytics import queries as analytics
 from services.projections.sql import micros_to_days
 from services.queries.reports import Report, ReportContext, ReportParams, day_stats, ratio
-from services.queries.reports.common import close_filter, open_deal_totals
+from services.queries.reports.common import close_filter, currencies, open_deal_totals
 
 ZERO = Decimal(0)
 
 
 async def owners(ctx: ReportContext, params: ReportParams) -> Report:
-    """Per rep: open deals and value, weighted value (now); won count and value, lost count,
-    win rate, average won deal size, median days to win and events recorded (in the period)."""
+    """Per rep and currency: open deals and value, weighted value (now); won count and
+    value, lost count, win rate, average won deal size, median days to win (in the
+    period); and the events the rep recorded (in the period, over every currency)."""
     open_totals, position = await open_deal_totals(ctx, params, "owner")
+    currency = await currencies(ctx, params)
     async with ctx.models.open("analytics", params.min_position) as view:
         closes = await analytics.owner_closes(view.conn, view.tables, close_filter(params))
         members = await analytics.memberships(view.conn, view.tables)
         apos = view.position
     now = ctx.clock()
-    per: dict[str, dict[str, Any]] = {}
+    per: dict[tuple[str, str], dict[str, Any]] = {}
 
-    def entry(owner: str) -> dict[str, Any]:
-        if owner not in per:
+    def entry(owner: str, code: str) -> dict[str, Any]:
+        if (owner, code) not in per:
             team, region = analytics.membership_at(members, owner, now)
-            per[owner] = {
+            per[(owner, code)] = {
                 "owner": owner,
                 "team": team,
                 "region": region,
+                "currency": code,
                 "open_deals": 0,
                 "open_value": ZERO,
                 "weighted_value": ZERO,
@@ -41,15 +44,15 @@ async def owners(ctx: ReportContext, params: ReportParams) -> Report:
                 "lost": 0,
                 "_days": [],
             }
-        return per[owner]
+        return per[(owner, code)]
 
     for t in open_totals:
-        e = entry(t["key"])
+        e = entry(t["key"], t["currency"])
         e["open_deals"] += t["count"]
         e["open_value"] += t["value"]
         e["weighted_value"] += t["weighted_value"]
     for c in closes:
-        e = entry(c["owner"])
+        e = entry(c["owner"], currency[c["pipeline_id"]])
         e["won"] += c["won"]
         e["won_value"] += c["won_value"]
         e["lost"] += c["lost"]
@@ -57,23 +60,25 @@ async def owners(ctx: ReportContext, params: ReportParams) -> Report:
     async with ctx.models.open("audit_history", params.min_position) as view:
         events = await _events_by_actor(view.conn, view.tables, params)
     rows = []
-    for owner in sorted(per):
-        e = per[owner]
+    for key in sorted(per):
+        e = per[key]
         days = sorted(e.pop("_days"))
         e["win_rate"] = ratio(e["won"], e["won"] + e["lost"])
         e["average_deal_size"] = (
             (e["won_value"] / e["won"]).quantize(Decimal("0.01")) if e["won"] else None
         )
         e["median_days_to_win"] = day_stats(days)["median_days"]
-        e["events_recorded"] = events.get(owner, 0)
+        e["events_recorded"] = events.get(e["owner"], 0)
         rows.append(e)
     return Report(
         "owners",
         params.as_dict(),
         rows,
-        {"owners": len(rows)},
+        {"owners": len({r["owner"] for r in rows})},
         min(position, apos),
-        notes="events_recorded: events the rep made (as actor) in the period (occurred_at).",
+        notes="A row per rep and currency (amounts never add across currencies). "
+        "events_recorded: events the rep made (as actor) in the period (occurred_at), "
+        "in any currency.",
     )
 
 
