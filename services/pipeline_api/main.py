@@ -36,7 +36,8 @@ from services.pipeline_api.routers import (
     pipelines,
     reports,
 )
-from services.projections.runner import EventSource, projection_status
+from services.projections.runner import projection_status
+from services.projections.source import EventSource
 from services.runtime.bootstrap import Runtime, bootstrap
 from services.runtime.settings import Settings
 

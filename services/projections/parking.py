@@ -24,20 +24,16 @@ import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
-from uuid import UUID
+from typing import Any
 
-from eventsourcing.persistence import Notification
 from sqlalchemy import and_, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from libs.application.failures import is_unavailable
-from libs.application.records import EventRecord, split_topic
+from libs.application.records import EventRecord
 from services.projections.base import Projection, lock_state, projection_parked, projection_state
-
-if TYPE_CHECKING:
-    from services.projections.runner import EventSource
+from services.projections.source import EventSource, UndecodableRecord
 
 log = logging.getLogger("dealtrail.projections")
 
@@ -46,35 +42,6 @@ PARKED_TRACEBACK_CHARS = 4000
 PARKED_TRACEBACK_FRAMES = 8  # innermost frames kept per exception of the chain
 PARKED_TRACEBACK_LINE_CHARS = 240  # longer lines (a statement, its parameters) are cut
 RETRY_BATCH = 100  # parked events retried per transaction (each holds the projection's lock)
-
-
-@dataclass(frozen=True, slots=True)
-class UndecodableRecord(EventRecord):
-    """A stored event whose state could not be decoded (``error`` says why).
-
-    Its envelope (position, aggregate, type) is known; its payload is not. Every
-    projection that reads events of its type parks it without trying to apply it.
-    """
-
-    error: Exception | None = None
-
-
-def undecodable(notification: Notification, error: Exception) -> UndecodableRecord:
-    aggregate_type, event_type = split_topic(notification.topic)
-    originator_id = notification.originator_id
-    return UndecodableRecord(
-        notification.id,
-        originator_id if isinstance(originator_id, UUID) else UUID(int=0),
-        aggregate_type,
-        event_type,
-        notification.originator_version,
-        None,
-        None,
-        None,
-        {},
-        str(originator_id),
-        error=error,
-    )
 
 
 def reads(projection: Projection, record: EventRecord) -> bool:

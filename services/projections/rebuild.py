@@ -31,7 +31,8 @@ from services.projections.base import (
     read_states,
 )
 from services.projections.parking import apply_or_park, forget_parked
-from services.projections.runner import EventSource, ensure_projection, unknown_count
+from services.projections.runner import ensure_projection, unknown_count
+from services.projections.source import EventSource
 
 log = logging.getLogger("dealtrail.projections")
 

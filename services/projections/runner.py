@@ -16,12 +16,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert, select, text, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from libs.application.app import DealtrailApplication
 from libs.application.failures import is_unavailable
-from libs.application.records import EventRecord, decode
+from libs.application.records import EventRecord
 from libs.application.sql import advisory_key, connect_raw
 from libs.application.store import StoreLocation
 from services.projections.base import (
@@ -34,7 +33,8 @@ from services.projections.base import (
     read_states,
 )
 from services.projections.catalog import all_projections
-from services.projections.parking import apply_or_park, parked_counts, undecodable
+from services.projections.parking import apply_or_park, parked_counts
+from services.projections.source import EventSource
 
 log = logging.getLogger("dealtrail.projections")
 
@@ -42,49 +42,6 @@ DEFAULT_BATCH_SIZE = 500
 STATUS_BEHIND_LIMIT = 1_000_000  # events counted behind a projection, at most
 POLL_SECONDS = 0.2
 LOCK_RETRY_SECONDS = 1.0
-
-
-class EventSource:
-    """Reads and decodes the event store's notification log (blocking calls)."""
-
-    def __init__(self, app: DealtrailApplication) -> None:
-        self.app = app
-
-    def read(self, after: int, limit: int, stop: int | None = None) -> list[EventRecord]:
-        notifications = self.app.recorder.select_notifications(
-            after + 1, limit, stop=stop, inclusive_of_start=True
-        )
-        records = []
-        for notification in notifications:
-            try:
-                records.append(decode(self.app.mapper, notification))
-            except Exception as exc:  # noqa: BLE001 - a poison event, parked where it is read
-                records.append(undecodable(notification, exc))
-        return records
-
-    def head(self) -> int:
-        return self.app.head_position()
-
-    @property
-    def channel(self) -> str | None:
-        return getattr(self.app.recorder, "channel_name", None)
-
-    async def count_after(self, conn: AsyncConnection, position: int, limit: int) -> int:
-        """How many stored events come after ``position``, counted up to ``limit``.
-
-        Counted, not ``head - position``: PostgreSQL positions can have gaps (an insert
-        that is rolled back has used its sequence values). The read side's connection
-        reads the store's table directly; the count stops at ``limit`` rows of its index.
-        """
-        events_table: str = getattr(self.app.recorder, "events_table_name", "stored_events")
-        column = "notification_id" if conn.dialect.name == "postgresql" else "rowid"
-        table = conn.dialect.identifier_preparer.quote(events_table)
-        query = text(
-            f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {column} > :position "
-            f"LIMIT :limit) AS after"
-        )
-        count = (await conn.execute(query, {"position": position, "limit": limit})).scalar()
-        return int(count or 0)
 
 
 def unknown_count(projection: Projection, records: Sequence[EventRecord]) -> int:

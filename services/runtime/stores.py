@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.application.app import Clock, DealtrailApplication, utc_now
 from libs.application.sql import ensure_schema, make_engine, setup_lock
-from services.projections.runner import EventSource
+from services.projections.source import EventSource
 from services.runtime.settings import Settings
 
 TOOL_POOL_SIZE = 4  # read-side connections of a command-line tool

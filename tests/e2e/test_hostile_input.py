@@ -21,7 +21,8 @@ import httpx
 from sqlalchemy import select
 
 from services.pipeline_api.idempotency_store import idempotency_keys
-from services.projections.runner import EventSource, Worker
+from services.projections.runner import Worker
+from services.projections.source import EventSource
 from tests.conftest import Backend, TestClock, auth, client_for
 from tests.e2e.test_errors import assert_error, head
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import httpx
 
-from services.projections.runner import EventSource, Worker
+from services.projections.runner import Worker
+from services.projections.source import EventSource
 from tests.conftest import Backend, TestClock, auth, client_for
 
 STAGES = [

@@ -32,7 +32,7 @@ from services.projections import rebuild as rebuild_module
 from services.projections.base import Projection
 from services.projections.catalog import all_projections
 from services.projections.rebuild import rebuild
-from services.projections.runner import EventSource
+from services.projections.source import EventSource
 from services.projections.sql import Money, UtcDateTime, bulk_insert, bulk_update, bulk_upsert
 from tests.conftest import Backend, TestClock
 from tests.integration.test_read_models import (

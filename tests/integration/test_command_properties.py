@@ -52,7 +52,7 @@ from libs.domain.pipeline import default_template
 from services.projections.catalog import all_projections
 from services.projections.parking import list_parked
 from services.projections.rebuild import rebuild
-from services.projections.runner import EventSource
+from services.projections.source import EventSource
 from tests.conftest import PG_URL, Backend, TestClock, need_postgres
 from tests.integration.test_read_models import Stores, close_stores, open_stores, states
 from tests.integration.test_rebuild import assert_same_tables, snapshot

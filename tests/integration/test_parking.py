@@ -36,7 +36,8 @@ from services.projections.base import projection_parked
 from services.projections.catalog import all_projections
 from services.projections.parking import Parked, list_parked, retry_parked
 from services.projections.rebuild import rebuild
-from services.projections.runner import EventSource, projection_status
+from services.projections.runner import projection_status
+from services.projections.source import EventSource
 from services.projections.stage_durations import queries as stage_durations
 from services.projections.stage_durations.projector import StageDurations
 from tests.conftest import PG_URL, Backend, TestClock, auth, need_postgres

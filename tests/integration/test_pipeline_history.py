@@ -36,7 +36,7 @@ from services.projections.audit_history import queries as audit_history
 from services.projections.catalog import all_projections
 from services.projections.read_models import ReadModels
 from services.projections.rebuild import drop_old_generations, rebuild
-from services.projections.runner import EventSource
+from services.projections.source import EventSource
 from services.projections.stage_durations import queries as stage_durations
 from services.queries.reports import ReportContext, ReportParams
 from services.queries.reports.durations import stage_durations_report

@@ -40,7 +40,8 @@ from services.projections.audit_history import queries as audit_history
 from services.projections.base import Projection, State, read_states
 from services.projections.catalog import all_projections
 from services.projections.current_pipeline import queries as current_pipeline
-from services.projections.runner import EventSource, Worker
+from services.projections.runner import Worker
+from services.projections.source import EventSource
 from services.projections.stage_durations import queries as stage_durations
 from services.runtime.settings import Settings
 from services.runtime.stores import open_application

@@ -39,7 +39,7 @@ from services.projections.base import Projection
 from services.projections.catalog import all_projections
 from services.projections.read_models import ReadModels
 from services.projections.rebuild import RebuildInProgress, rebuild
-from services.projections.runner import EventSource
+from services.projections.source import EventSource
 from tests.conftest import API_KEYS, Backend, TestClock
 from tests.integration.test_read_models import (
     Gadget,

@@ -32,7 +32,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from libs.application.sql import ensure_schema, make_engine
 from services.importer import crm
 from services.projections.read_models import ReadModels
-from services.projections.runner import EventSource, Worker
+from services.projections.runner import Worker
+from services.projections.source import EventSource
 from services.queries.reports import ReportContext, ReportParams
 from services.queries.reports.catalog import REPORTS
 from services.runtime.stores import open_application

@@ -22,7 +22,8 @@ from libs.application.records import decode_all
 from services.demo.generator import generate
 from services.projections.catalog import all_projections
 from services.projections.rebuild import rebuild
-from services.projections.runner import EventSource, advisory_key
+from services.projections.runner import advisory_key
+from services.projections.source import EventSource
 from tests.conftest import Backend, TestClock
 from tests.integration.test_read_models import (
     Stores,
