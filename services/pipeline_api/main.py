@@ -32,6 +32,7 @@ from services.pipeline_api.routers import (
     exports,
     imports,
     integrity,
+    me,
     owners,
     pipelines,
     reports,
@@ -132,6 +133,7 @@ def create_app(settings: Settings | None = None, *, wire: Bootstrap | None = Non
     app.include_router(integrity.router)
     app.include_router(imports.router)
     app.include_router(owners.router)
+    app.include_router(me.router)
 
     @app.get(
         "/health",
