@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install run test test-unit lint format clean demo bench bench-smoke
+.PHONY: install run test test-unit lint format clean demo bench bench-smoke bench-dashboard vendor
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,14 @@ bench: install
 
 bench-smoke: install
 	$(BIN)/python -m bench --smoke
+
+# make vendor: the front-end packages pinned in web/package-lock.json (needs npm), copied
+# where the dashboard (Chart.js) and its browser tests (axe-core) load them. The copies are
+# committed, so running the service or the tests never needs Node.
+vendor:
+	cd web && npm ci --no-audit --no-fund
+	cp web/node_modules/chart.js/dist/chart.umd.min.js services/pipeline_api/dashboard/static/vendor/
+	cp web/node_modules/axe-core/axe.min.js tests/browser/vendor/
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache
