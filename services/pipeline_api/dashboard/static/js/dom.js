@@ -48,9 +48,13 @@ export function facts(pairs, attrs = {}) {
   ]));
 }
 
-/** A table with a caption, column headers and rows of cells (strings or elements). */
-export function table({ caption, columns, rows, numeric = [], attrs = {} }) {
-  return h('div', { class: 'table-wrap' },
+/**
+ * A table with a caption, column headers and rows of cells (strings or elements). A wide
+ * one scrolls sideways in its box, which keyboard users reach with Tab (`scrolls`).
+ */
+export function table({ caption, columns, rows, numeric = [], attrs = {}, scrolls = false }) {
+  const box = scrolls ? { tabindex: 0, role: 'region', 'aria-label': caption } : {};
+  return h('div', { class: 'table-wrap', ...box },
     h('table', attrs,
       caption ? h('caption', {}, caption) : null,
       h('thead', {}, h('tr', {}, columns.map((c, i) => h('th', {

@@ -85,8 +85,10 @@ export function filterBar({ label, fields, pipelines, owners = [], extraOwners =
  * show; null (after saying so in `root`) when there is no pipeline yet.
  */
 export async function pipelineViewStart(ctx, params, root, title) {
-  const [pipelines, owners] = await Promise.all([ctx.pipelines(), ctx.owners()]);
-  const pipeline = choosePipeline(pipelines, params.get('pipeline'));
+  let [pipelines, owners] = await Promise.all([ctx.pipelines(), ctx.owners()]);
+  const wanted = params.get('pipeline');
+  if (wanted && !pipelines.some((p) => p.id === wanted)) pipelines = await ctx.pipelines(true);
+  const pipeline = choosePipeline(pipelines, wanted);
   if (!pipeline) {
     fill(root, h('h1', { id: 'view-title' }, title),
       h('p', {}, 'There is no pipeline yet: an admin or manager defines one first.'));

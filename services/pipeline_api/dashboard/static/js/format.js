@@ -59,9 +59,10 @@ export function days(seconds) {
   return `${count(whole)} ${whole === 1 ? 'day' : 'days'}`;
 }
 
-/** A length of time for tables: days with one decimal, or hours below a day. */
+/** A length of time for tables: days with one decimal; hours, or minutes, below that. */
 export function span(seconds) {
   if (seconds === null || seconds === undefined) return '—';
+  if (seconds < 3600) return `${decimal(seconds / 60, 0)} min`;
   if (seconds < 86400) return `${decimal(seconds / 3600)} h`;
   return `${decimal(seconds / 86400)} d`;
 }

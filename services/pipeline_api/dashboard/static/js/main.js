@@ -41,9 +41,9 @@ function go(name, values = {}) {
   window.location.hash = `#/${name}${text ? `?${text}` : ''}`;
 }
 
-function lookup(key, load) {
+function lookup(key, load, fresh = false) {
   const kept = app.lookups[key];
-  if (kept && Date.now() - kept.at < LOOKUP_TTL_MS) return kept.promise;
+  if (kept && !fresh && Date.now() - kept.at < LOOKUP_TTL_MS) return kept.promise;
   const promise = load().catch((error) => {
     delete app.lookups[key];
     throw error;
@@ -56,7 +56,7 @@ function context(signal) {
   const { api, me, feed } = app;
   return {
     api, me, feed, signal, notify, fail, go,
-    pipelines: () => lookup('pipelines', async () => (await api.get('/v1/pipelines')).data),
+    pipelines: (fresh) => lookup('pipelines', async () => (await api.get('/v1/pipelines')).data, fresh),
     owners: () => lookup('owners', async () => (await api.get('/v1/owners')).data),
     knownPosition: () => feed.position,
   };

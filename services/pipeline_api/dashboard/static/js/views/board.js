@@ -11,6 +11,8 @@ import { count, days, money, sum } from '../format.js';
 export const PER_STAGE = 20;       // cards per column at first, and per "Show more"
 const MAX_PER_STAGE = 100;         // the API's limit for per_stage
 const FILTERED_LIMIT = 2000;       // open deals a filtered board loads at most
+const CONFLICT_RELOADS = 20;       // after a 412, reloads until the newer version shows…
+const CONFLICT_PAUSE_MS = 250;     // …this long apart
 
 /** The board's totals line: what the API (or the filtered sum) says, to the cent. */
 export function totalsLine(totals, currency, label) {
@@ -289,8 +291,7 @@ export async function mount(root, ctx, params) {
       ctx.notify(`Moved “${deal.title}” to ${stage.name}.`);
       announce(`Moved ${deal.title} to ${stage.name}.`);
     } catch (error) {
-      ctx.fail(error);
-      await refresh();
+      await recover(error, deal.id);
     }
   }
 
@@ -299,8 +300,22 @@ export async function mount(root, ctx, params) {
       await dealCommand(ctx, deal, 'win');
       ctx.notify(`“${deal.title}” is won. Its page can reopen it if that was a mistake.`);
     } catch (error) {
-      ctx.fail(error);
+      await recover(error, deal.id);
+    }
+  }
+
+  /**
+   * Say what went wrong and show the deal as it is. After a 412 the read model may not
+   * have the other change yet: reload until the card shows the version that refused.
+   */
+  async function recover(error, dealId) {
+    ctx.fail(error);
+    const wanted = error.status === 412 ? error.details.current_version : null;
+    for (let attempt = 0; attempt < CONFLICT_RELOADS; attempt += 1) {
       await refresh();
+      const shownDeal = deals.get(dealId);
+      if (!wanted || !shownDeal || shownDeal.version >= wanted) return;
+      await new Promise((resolve) => { setTimeout(resolve, CONFLICT_PAUSE_MS); });
     }
   }
 

@@ -35,6 +35,7 @@ function funnel(answer, { chart }) {
     axisLabel: 'Deals',
   });
   return [box, table({
+    scrolls: true,
     caption: 'Funnel per stage',
     columns: ['Stage', 'Entered', 'Advanced', 'Lost here', 'Won', 'To next stage', 'To won'],
     numeric: [1, 2, 3, 4, 5, 6],
@@ -56,6 +57,7 @@ function stageDurations(answer, { chart }) {
     axisLabel: 'Days',
   });
   return [box, table({
+    scrolls: true,
     caption: 'Time in each stage (business time, completed visits)',
     columns: ['Stage', 'Visits', 'Completed', 'Still open', 'Mean days', 'Median days', '90th percentile days'],
     numeric: [1, 2, 3, 4, 5, 6],
@@ -92,6 +94,7 @@ function forecast(answer, { chart, currency }) {
     ], { class: 'facts inline' }),
     box,
     table({
+      scrolls: true,
       caption: 'By expected close month (won: by month won)',
       columns: ['Month', 'Open deals', 'Open value', 'Weighted value', 'Won deals', 'Won value'],
       numeric: [1, 2, 3, 4, 5],
@@ -108,6 +111,7 @@ function winRate(answer) {
     facts([['Won', count(s.won)], ['Lost', count(s.lost)], ['Win rate', percent(s.win_rate)]],
       { class: 'facts inline' }),
     table({
+      scrolls: true,
       caption: 'Win rate by owner, team, region and stage at closing',
       columns: ['Group', 'Won', 'Lost', 'Win rate'],
       numeric: [1, 2, 3],
@@ -126,6 +130,7 @@ function lostReasons(answer, { chart, currency }) {
     axisLabel: 'Deals',
   });
   return [box, table({
+    scrolls: true,
     caption: 'Lost deals per reason',
     columns: ['Reason', 'Deals', 'Value', 'Share'],
     numeric: [1, 2, 3],
@@ -135,6 +140,7 @@ function lostReasons(answer, { chart, currency }) {
 
 function owners(answer, { currency }) {
   return [table({
+    scrolls: true,
     caption: 'Per owner (team and region as of each event)',
     columns: ['Owner', 'Team', 'Open deals', 'Open value', 'Weighted', 'Won', 'Won value', 'Lost',
       'Win rate', 'Average won deal', 'Median days to win'],
@@ -180,7 +186,7 @@ export async function mount(root, ctx, params) {
     const body = h('div', { class: 'report-body', 'aria-busy': 'true' }, h('p', {}, 'Loading…'));
     const download = h('button', {
       type: 'button', class: 'quiet download', dataset: { report: section.report },
-      'aria-label': `Download ${section.title} as CSV`,
+      'aria-label': `Download CSV: ${section.title}`,
       onclick: async () => {
         try {
           const name = await downloadCsv(ctx.api, `/v1/reports/${section.report}`, query, signal);

@@ -35,7 +35,7 @@ export async function mount(root, ctx, params) {
       + 'than the pipeline allows. Days stale: how far past the larger limit.'),
     h('div', { class: 'report-head' }, summary,
       h('button', {
-        type: 'button', class: 'quiet download', 'aria-label': 'Download stale deals as CSV',
+        type: 'button', class: 'quiet download', 'aria-label': 'Download CSV: stale deals',
         onclick: async () => {
           try {
             ctx.notify(`Downloaded ${await downloadCsv(ctx.api, '/v1/reports/stale-deals', query, signal)}.`);
@@ -53,13 +53,15 @@ export async function mount(root, ctx, params) {
 
   function render(answer) {
     rows = answer.rows;
+    const total = `${count(answer.summary.stale)} stale ${answer.summary.stale === 1 ? 'deal' : 'deals'}`;
     fill(summary, answer.summary.stale > answer.summary.shown
-      ? `${count(answer.summary.stale)} stale deals; the ${count(answer.summary.shown)} most stale are listed.`
-      : `${count(answer.summary.stale)} stale deals.`);
+      ? `${total}; the ${count(answer.summary.shown)} most stale are listed.`
+      : `${total}.`);
     const columns = ['Deal', 'Owner', 'Stage', 'Value', 'Days in stage', 'Days since activity', 'Days stale', 'Why'];
     if (ctx.me.may_run_commands) columns.push('Snooze');
     fill(body, rows.length
       ? table({
+        scrolls: true,
         caption: 'Stale deals, most stale first',
         columns,
         numeric: [3, 4, 5, 6],
