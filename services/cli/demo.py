@@ -3,7 +3,8 @@
 # ``demo run`` is what ``make demo`` runs, with DATABASE_URL=sqlite:///data/demo/dealtrail.db
 # and DEALTRAIL_DATA_DIR=data/demo: it fills the demo database once (generated history,
 # or with --import-crm DIR a CRM-opportunities directory; a database that already holds
-# events is used as it is), prints a token and a few requests to try, then serves.
+# events is used as it is), prints the dashboard's address, a token and a few requests to
+# try, then serves.
 
 from __future__ import annotations
 
@@ -84,13 +85,14 @@ def _fill(application: DealtrailApplication, args: argparse.Namespace) -> UUID |
 
 
 def print_examples(base: str, token: str | None, pipeline_id: UUID, deal_id: UUID | None) -> None:
-    """The token and a few curl commands that show what the service does."""
+    """The dashboard's address, the token to sign in with, and a few curl commands."""
     print()
+    print(f"Dashboard: {base}/  (open it in a browser and sign in with the token below)")
     if token:
         print(f"Admin token: {token}")
         print(f'  TOKEN="{token}"')
     else:
-        print("DEALTRAIL_API_KEYS is set: use one of its tokens as TOKEN.")
+        print("DEALTRAIL_API_KEYS is set: sign in (and set TOKEN) with one of its tokens.")
     print('  H="Authorization: Bearer $TOKEN"')
     print()
     print("Try:")
@@ -168,11 +170,12 @@ def register(commands: SubCommands) -> None:
 
     run = kinds.add_parser(
         "run",
-        help="fill the demo database if empty, print a token and examples, then serve",
+        help="fill the demo database if empty, print the dashboard and a token, then serve",
         description=(
             "Fill the configured database with generated data (unless it already holds "
-            "events) or import a CRM-opportunities directory, print the admin token and "
-            "a few curl commands, then run the HTTP API."
+            "events) or import a CRM-opportunities directory, print the dashboard's address, "
+            "the admin token and a few curl commands, then run the HTTP API and the "
+            "dashboard."
         ),
     )
     run.add_argument("--deals", type=_count, default=DEFAULT_DEALS, metavar="N")

@@ -1,5 +1,5 @@
-"""``dealtrail demo run`` (what ``make demo`` runs): fill once, print a token and requests,
-then serve the API."""
+"""``dealtrail demo run`` (what ``make demo`` runs): fill once, print the dashboard's address,
+a token to sign in with and requests, then serve the API."""
 
 from __future__ import annotations
 
@@ -32,6 +32,9 @@ def test_demo_run_fills_an_empty_store_once_and_prints_a_token_and_requests(
     assert "Generated 40 deals" in out
     token = (data / "admin-token").read_text().strip()
     assert f"Admin token: {token}" in out
+    # the dashboard's address comes first, then the token to sign in with
+    assert re.search(r"^Dashboard: http://127\.0\.0\.1:8123/ ", out, re.MULTILINE), out
+    assert out.index("Dashboard:") < out.index("Admin token:")
     board = re.search(r"curl -s http://127\.0\.0\.1:8123/v1/pipelines/([0-9a-f-]{36})/board", out)
     history = re.search(r"/v1/deals/([0-9a-f-]{36})/history", out)
     assert board and history, out
