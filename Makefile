@@ -57,6 +57,11 @@ bench: install
 bench-smoke: install
 	$(BIN)/python -m bench --smoke
 
+# make bench-dashboard: the dashboard in Chromium on make-demo data (time until the board
+# is interactive, bytes of the first load); results in bench/results/dashboard.json.
+bench-dashboard: install
+	$(BIN)/python -m bench.dashboard
+
 # make vendor: the front-end packages pinned in web/package-lock.json (needs npm), copied
 # where the dashboard (Chart.js) and its browser tests (axe-core) load them. The copies are
 # committed, so running the service or the tests never needs Node.
