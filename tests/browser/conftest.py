@@ -32,7 +32,9 @@ WAIT_MS = 30_000  # Playwright waits for conditions up to this long (a busy 2-co
 expect.set_options(timeout=WAIT_MS)
 
 
-@pytest.fixture(scope="session")
+# Package scope: both end with the last browser test. While Playwright's synchronous API
+# is started it keeps an event loop running, which the asyncio tests elsewhere cannot share.
+@pytest.fixture(scope="package")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoService]:
     workdir = tmp_path_factory.mktemp("dashboard")
     with demo_service(
@@ -41,7 +43,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoService]:
         yield started
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
     with sync_playwright() as playwright:
         chromium = launch(playwright)

@@ -337,3 +337,22 @@ def test_filters_by_owner_and_team_add_up_those_deals(session: Session) -> None:
         == weighted
     )
     assert set(session.page.locator(".card-owner").all_inner_texts()) <= set(team_owners)
+
+
+def test_winning_on_the_board_and_reopening_on_the_deal_page(session: Session) -> None:
+    _, (deal,) = session.board_with_deals("manager", "Big win")
+    session.card(deal["id"]).get_by_role("button", name="Mark Big win as won").click()
+    expect(session.page.locator("#notices")).to_contain_text("“Big win” is won.")
+    expect(session.card(deal["id"])).to_have_count(0)
+
+    session.go(f"#/deal/{deal['id']}")
+    expect(session.page.locator("h1 .status")).to_have_text("Won")
+    expect(session.page.locator('.event[data-event-type="DealWon"]')).to_have_count(1)
+    session.page.get_by_label("Reopen in").select_option("negotiation")
+    session.page.get_by_role("button", name="Reopen").click()
+    expect(session.page.locator("h1 .status")).to_have_text("Open")
+    expect(session.page.locator("[data-field=stage]")).to_have_text("Negotiation")
+    expect(session.page.locator('.event[data-event-type="DealReopened"]')).to_have_count(1)
+    with session.api("auditor") as api:
+        stored = read(api, f"/v1/deals/{deal['id']}", head(session.service))
+    assert (stored["status"], stored["stage"]["id"]) == ("open", "negotiation")

@@ -106,7 +106,7 @@ export async function mount(root, ctx, params) {
     fill(root, h('h1', {}, 'Deal'), problem(new Error(`“${id}” is not a deal id.`)));
     return {};
   }
-  const pipelines = await ctx.pipelines();
+  let pipelines = await ctx.pipelines();
   const body = h('div', { 'aria-busy': 'true' }, h('p', {}, 'Loading the deal…'));
   fill(root, body);
   let current = null;
@@ -117,6 +117,7 @@ export async function mount(root, ctx, params) {
       ctx.api.all(`/v1/deals/${id}/history`, { limit: 500, min_position: minPosition },
         { limit: HISTORY_LIMIT, signal }),
     ]);
+    if (!pipelines.some((p) => p.id === deal.pipeline_id)) pipelines = await ctx.pipelines(true);
     return { deal, history, position: Math.min(deal.position, history.position) };
   }
 
