@@ -24,7 +24,7 @@ export class ChangeFeed {
     this.onVisible = () => { if (!document.hidden) this.poll(); };
   }
 
-  /** fn(position) runs each time the log moves past what was known. */
+  /** fn(position) runs with the log's position after every poll and every command. */
   subscribe(fn) {
     this.listeners.add(fn);
     return () => this.listeners.delete(fn);
@@ -83,10 +83,10 @@ export class ChangeFeed {
 
   #reach(position) {
     if (position === null || position === undefined) return;
-    if (this.position !== null && position <= this.position) return;
-    this.position = position;
-    // Each view compares with the position it shows and reloads only when behind.
-    for (const fn of [...this.listeners]) fn(position);
+    this.position = Math.max(this.position ?? position, position);
+    // Every answer is passed on: each view compares it with the position it shows and
+    // reloads only when behind (so a view whose reload failed tries again next time).
+    for (const fn of [...this.listeners]) fn(this.position);
   }
 
   #setProblem(problem) {
@@ -102,46 +102,53 @@ export class ChangeFeed {
 
 /**
  * Keep a view's content following the log: `refresh(minPosition)` loads (`load` answers
- * with a `position`) and shows the newest answer only; the feed calls it whenever the log
- * passes what is shown. While `busy()` (a keyboard move under way) refreshes wait, and
- * `resume()` runs the one that waited. A first load that fails shows the error in `body`
- * with a retry; later failures go to the alert region and keep what is shown.
+ * with a `position`) and shows the newest answer only. When the feed reports a position
+ * beyond what is shown, the view reloads with it as `min_position`; while a load is under
+ * way the position is kept and loaded right after, so no answer is thrown away. While
+ * `busy()` (a keyboard move under way) loads wait, and `resume()` runs the one that
+ * waited. A first load that fails shows the error in `body` with a retry; later failures
+ * go to the alert region and keep what is shown (the next poll tries again).
  */
 export function follow(ctx, { load, show, body, problem, busy = () => false }) {
   let sequence = 0;
   let shown = -1;
   let loaded = false;
-  let waiting = null;
+  let loading = 0;
+  let wanted = -1;
 
   async function refresh(minPosition) {
     if (busy()) {
-      waiting = Math.max(waiting ?? -1, minPosition ?? -1);
+      wanted = Math.max(wanted, minPosition ?? 0);
       return;
     }
     sequence += 1;
     const mine = sequence;
+    loading += 1;
+    let ok = false;
     try {
       const answer = await load(minPosition);
       if (mine !== sequence || ctx.signal.aborted) return;
       shown = answer.position;
       loaded = true;
+      ok = true;
       show(answer);
     } catch (error) {
       if (error.name === 'AbortError' || mine !== sequence) return;
       if (loaded) ctx.fail(error);
       else body.replaceChildren(problem(error, () => refresh(minPosition)));
+    } finally {
+      loading -= 1;
+      if (ok && !loading && wanted > shown && !ctx.signal.aborted) refresh(wanted);
     }
   }
 
   function resume() {
-    if (waiting === null) return;
-    const position = waiting;
-    waiting = null;
-    refresh(position >= 0 ? position : undefined);
+    if (wanted > shown) refresh(wanted);
   }
 
   const stop = ctx.feed.subscribe((position) => {
-    if (position > shown) refresh(position);
+    wanted = Math.max(wanted, position);
+    if (position > shown && !loading && !busy()) refresh(position);
   });
   return { refresh, resume, stop, loaded: () => loaded };
 }

@@ -248,8 +248,10 @@ export async function mount(root, ctx, params) {
   const live = follow(ctx, {
     load,
     show: (next) => {
+      const first = board === null;
       board = next;
       render();
+      if (first) performance.mark('dashboard:board-interactive');
     },
     body,
     problem,
@@ -429,6 +431,5 @@ export async function mount(root, ctx, params) {
   });
 
   await refresh(ctx.knownPosition());
-  if (board) performance.mark('dashboard:board-interactive');
   return { dispose: live.stop };
 }

@@ -248,7 +248,7 @@ export async function mount(root, ctx, params) {
     if (position <= shown || timer) return;
     timer = setTimeout(() => {
       timer = null;
-      load(ctx.knownPosition());
+      if (ctx.knownPosition() > shown) load(ctx.knownPosition());
     }, Math.max(0, lastLoad + REFRESH_MS - Date.now()));
   });
   return {
