@@ -22,10 +22,18 @@ const SECTIONS = [
   { report: 'owners', title: 'Owners', draw: owners },
 ];
 
+/** A chart (`id`, named `label`) and, as its text equivalent, the same figures as a table. */
+function figure(chart, { id, label, ...spec }, tableSpec) {
+  const { canvas, box } = chartBox(id, label);
+  chart(canvas, spec);
+  return [box, table({ scrolls: true, ...tableSpec })];
+}
+
 function funnel(answer, { chart }) {
   const rows = answer.rows;
-  const { canvas, box } = chartBox('chart-funnel', 'Funnel: deals that entered each stage, and of those, won');
-  chart(canvas, {
+  return figure(chart, {
+    id: 'chart-funnel',
+    label: 'Funnel: deals that entered each stage, and of those, won',
     labels: rows.map((r) => r.stage_name),
     series: [
       { label: 'Entered', data: rows.map((r) => r.entered) },
@@ -33,37 +41,35 @@ function funnel(answer, { chart }) {
     ],
     horizontal: true,
     axisLabel: 'Deals',
-  });
-  return [box, table({
-    scrolls: true,
+  }, {
     caption: 'Funnel per stage',
     columns: ['Stage', 'Entered', 'Advanced', 'Lost here', 'Won', 'To next stage', 'To won'],
     numeric: [1, 2, 3, 4, 5, 6],
     rows: rows.map((r) => [r.stage_name, count(r.entered), count(r.advanced), count(r.lost_here),
       count(r.won), percent(r.conversion_to_next), percent(r.conversion_to_won)]),
     attrs: { id: 'table-funnel' },
-  })];
+  });
 }
 
 function stageDurations(answer, { chart }) {
   const rows = answer.rows;
-  const { canvas, box } = chartBox('chart-stage-durations', 'Median and 90th percentile days per stage');
-  chart(canvas, {
-    labels: rows.map((r) => r.stage_name + (r.removed ? ' (removed)' : '')),
+  const name = (r) => r.stage_name + (r.removed ? ' (removed)' : '');
+  return figure(chart, {
+    id: 'chart-stage-durations',
+    label: 'Median and 90th percentile days per stage',
+    labels: rows.map(name),
     series: [
       { label: 'Median days', data: rows.map((r) => r.median_days) },
       { label: '90th percentile days', data: rows.map((r) => r.p90_days) },
     ],
     axisLabel: 'Days',
-  });
-  return [box, table({
-    scrolls: true,
+  }, {
     caption: 'Time in each stage (business time, completed visits)',
     columns: ['Stage', 'Visits', 'Completed', 'Still open', 'Mean days', 'Median days', '90th percentile days'],
     numeric: [1, 2, 3, 4, 5, 6],
-    rows: rows.map((r) => [r.stage_name + (r.removed ? ' (removed)' : ''), count(r.visits),
-      count(r.completed), count(r.open), decimal(r.mean_days), decimal(r.median_days), decimal(r.p90_days)]),
-  })];
+    rows: rows.map((r) => [name(r), count(r.visits), count(r.completed), count(r.open),
+      decimal(r.mean_days), decimal(r.median_days), decimal(r.p90_days)]),
+  });
 }
 
 function bucketName(bucket) {
@@ -74,17 +80,6 @@ function bucketName(bucket) {
 
 function forecast(answer, { chart, currency }) {
   const rows = answer.rows;
-  const { canvas, box } = chartBox('chart-forecast', 'Open, weighted and won value by month');
-  chart(canvas, {
-    labels: rows.map((r) => bucketName(r.bucket)),
-    series: [
-      { label: 'Open value', data: rows.map((r) => Number(r.open_value)) },
-      { label: 'Weighted value', data: rows.map((r) => Number(r.weighted_value)) },
-      { label: 'Won value', data: rows.map((r) => Number(r.won_value)) },
-    ],
-    axisLabel: currency || 'Value',
-    tick: compact,
-  });
   const s = answer.summary;
   return [
     facts([
@@ -92,9 +87,18 @@ function forecast(answer, { chart, currency }) {
       ['Weighted value', money(s.weighted_value, currency)],
       ['Won value', money(s.won_value, currency)],
     ], { class: 'facts inline' }),
-    box,
-    table({
-      scrolls: true,
+    ...figure(chart, {
+      id: 'chart-forecast',
+      label: 'Open, weighted and won value by month',
+      labels: rows.map((r) => bucketName(r.bucket)),
+      series: [
+        { label: 'Open value', data: rows.map((r) => Number(r.open_value)) },
+        { label: 'Weighted value', data: rows.map((r) => Number(r.weighted_value)) },
+        { label: 'Won value', data: rows.map((r) => Number(r.won_value)) },
+      ],
+      axisLabel: currency || 'Value',
+      tick: compact,
+    }, {
       caption: 'By expected close month (won: by month won)',
       columns: ['Month', 'Open deals', 'Open value', 'Weighted value', 'Won deals', 'Won value'],
       numeric: [1, 2, 3, 4, 5],
@@ -122,20 +126,19 @@ function winRate(answer) {
 
 function lostReasons(answer, { chart, currency }) {
   const reasons = answer.rows.filter((r) => r.dimension === 'reason');
-  const { canvas, box } = chartBox('chart-lost-reasons', 'Lost deals per reason');
-  chart(canvas, {
+  return figure(chart, {
+    id: 'chart-lost-reasons',
+    label: 'Lost deals per reason',
     labels: reasons.map((r) => r.reason),
     series: [{ label: 'Lost deals', data: reasons.map((r) => r.count) }],
     horizontal: true,
     axisLabel: 'Deals',
-  });
-  return [box, table({
-    scrolls: true,
+  }, {
     caption: 'Lost deals per reason',
     columns: ['Reason', 'Deals', 'Value', 'Share'],
     numeric: [1, 2, 3],
     rows: reasons.map((r) => [r.reason, count(r.count), money(r.value, currency), percent(r.share)]),
-  })];
+  });
 }
 
 function owners(answer, { currency }) {
