@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from libs.application.sql import setup_lock
-from services.pipeline_api.dashboard.router import router as dashboard_router
+from services.pipeline_api.dashboard import router as dashboard
 from services.pipeline_api.deps import RuntimeDep
 from services.pipeline_api.errors import ErrorResponse, error_response, install_error_handlers
 from services.pipeline_api.idempotency import (
@@ -135,7 +135,7 @@ def create_app(settings: Settings | None = None, *, wire: Bootstrap | None = Non
     app.include_router(imports.router)
     app.include_router(owners.router)
     app.include_router(me.router)
-    app.include_router(dashboard_router)
+    app.include_router(dashboard.router)
 
     @app.get(
         "/health",

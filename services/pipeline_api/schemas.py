@@ -505,3 +505,13 @@ class OwnersPublic(BaseModel):
 
     data: list[OwnerPublic]
     position: int
+
+
+class MePublic(BaseModel):
+    """The signed-in principal, as the domain's role rules see it."""
+
+    name: str
+    role: str
+    may_run_commands: bool
+    may_manage_pipelines: bool
+    may_read_audit: bool

@@ -6,24 +6,14 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel
 
 from libs.domain.actors import Actor
 from libs.domain.errors import Forbidden
 from services.pipeline_api.deps import CurrentPrincipal
 from services.pipeline_api.errors import ERROR_RESPONSES
+from services.pipeline_api.schemas import MePublic
 
 router = APIRouter(prefix="/v1/me", tags=["identity"], responses=ERROR_RESPONSES)
-
-
-class MePublic(BaseModel):
-    """The signed-in principal, as the domain's role rules see it."""
-
-    name: str
-    role: str
-    may_run_commands: bool
-    may_manage_pipelines: bool
-    may_read_audit: bool
 
 
 def _allowed(check: Callable[[], None]) -> bool:
