@@ -10,10 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.pipeline_api.bootstrap import bootstrap
 from services.pipeline_api.dashboard.router import STATIC_DIR
-from services.pipeline_api.main import create_app
-from tests.conftest import Backend, TestClock
+from tests.conftest import Backend, TestClock, client_for
 
 # Module imports and the files the page links: './x.js', '../x.js' or '/dashboard/...'.
 IMPORT = re.compile(r"""(?:import|from)\s*\(?\s*['"]([^'"]+\.js)['"]""")
@@ -23,13 +21,8 @@ LINKED = re.compile(r"""(?:src|href)=["'](/[^"']*)["']""")
 @pytest.fixture
 async def site(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     backend = Backend("sqlite", f"sqlite:///{tmp_path / 'dealtrail.db'}")
-    app = create_app(
-        backend.settings(tmp_path / "data"), wire=lambda s: bootstrap(s, clock=TestClock())
-    )
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://dealtrail") as client:
-            yield client
+    async with client_for(backend.settings(tmp_path / "data"), TestClock()) as client:
+        yield client
 
 
 def resolve(base: str, ref: str) -> str:
