@@ -4,6 +4,8 @@ own answers."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
 from playwright.sync_api import expect
 
@@ -95,6 +97,73 @@ def test_a_period_and_an_owner_narrow_the_reports(session: Session) -> None:
     expect(session.page.locator("#report-win-rate .facts dd").nth(1)).to_have_text(
         f"{win_rate['summary']['lost']:,}"
     )
+
+
+SYMBOLS = {"EUR": "€", "USD": "$"}  # as Chromium writes them in the en-US locale
+
+
+def shown(amount: str | None, currency: str) -> str:
+    """An amount as the page writes it: its currency's symbol, two decimals, half up."""
+    if amount is None:
+        return "—"
+    cents = Decimal(amount).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+    return f"{SYMBOLS[currency]}{cents:,}"
+
+
+def per_currency(amounts: dict[str, str]) -> str:
+    return " · ".join(shown(amount, code) for code, amount in amounts.items()) or "—"
+
+
+def test_report_money_is_shown_in_each_rows_and_summarys_own_currency(session: Session) -> None:
+    with session.api("manager") as api:
+        pipeline = demo_pipeline(api, "Partners")
+        position = head(session.service)
+        answers: dict[str, Any] = {
+            name: read(api, f"/v1/reports/{name}", position, pipeline_id=pipeline["id"])
+            for name in ("forecast", "lost-reasons", "owners")
+        }
+    forecast, lost, owners = answers["forecast"], answers["lost-reasons"], answers["owners"]
+    assert pipeline["currency"] == "USD"
+    assert set(forecast["summary"]["open_value"]) == {"USD"}  # kept per currency
+    assert forecast["rows"] and lost["rows"] and owners["rows"]
+    session.sign_in("manager", f"#/reports?pipeline={pipeline['id']}")
+
+    facts = session.page.locator("#report-forecast .facts dd")
+    expect(facts).to_have_text(
+        [
+            per_currency(forecast["summary"][k])
+            for k in ("open_value", "weighted_value", "won_value")
+        ]
+    )
+    chart = session.page.wait_for_function(
+        """() => { const c = window.Chart && Chart.getChart('chart-forecast-USD');
+                   return c && { labels: c.data.labels, open: c.data.datasets[0].data }; }"""
+    ).json_value()
+    assert len(chart["labels"]) == len(forecast["rows"])
+    assert chart["open"] == [float(r["open_value"]) for r in forecast["rows"]]
+    rows = session.page.locator("#table-forecast tbody tr")
+    expect(rows).to_have_count(len(forecast["rows"]))
+    for row, expected in zip(rows.all(), forecast["rows"], strict=True):
+        cells = row.locator("th, td").all_inner_texts()
+        assert cells[2] == shown(expected["open_value"], expected["currency"])
+        assert cells[5] == shown(expected["won_value"], expected["currency"])
+
+    expect(session.page.locator("#report-lost-reasons .facts dd")).to_have_text(
+        [f"{lost['summary']['lost']:,}", per_currency(lost["summary"]["lost_value"])]
+    )
+    reasons = [r for r in lost["rows"] if r["dimension"] == "reason"]
+    cells = session.page.locator("#table-lost-reasons tbody tr td:nth-child(3)")
+    expect(cells).to_have_text([shown(r["value"], r["currency"]) for r in reasons])
+
+    cells = session.page.locator("#table-owners tbody tr td:nth-child(4)")
+    expect(cells).to_have_text([shown(r["open_value"], r["currency"]) for r in owners["rows"]])
+
+    # Several currencies stand side by side, each in its own, never added.
+    side_by_side = session.page.evaluate(
+        """async () => (await import('/dashboard/js/format.js'))
+            .moneyPerCurrency({ EUR: '1200.50', USD: '40' })"""
+    )
+    assert side_by_side == "€1,200.50 · $40.00"
 
 
 def test_stale_deals_are_listed_and_snoozed(session: Session) -> None:

@@ -22,6 +22,26 @@ export function money(amount, currency) {
   return numberFormat(options).format(String(amount));
 }
 
+/**
+ * Amounts kept apart per currency, as reports over pipelines answer them
+ * ({"EUR": "100.00", "USD": "40.00"}): each in its own currency, side by side, never added.
+ */
+export function moneyPerCurrency(amounts) {
+  const entries = Object.entries(amounts || {});
+  if (!entries.length) return '—';
+  return entries.map(([currency, amount]) => money(amount, currency)).join(' · ');
+}
+
+/** Rows that carry a `currency` column, grouped by it in the order they come. */
+export function byCurrency(rows) {
+  const groups = new Map();
+  for (const row of rows) {
+    if (!groups.has(row.currency)) groups.set(row.currency, []);
+    groups.get(row.currency).push(row);
+  }
+  return groups;
+}
+
 export function count(n) {
   return n === null || n === undefined ? '—' : numberFormat({}).format(n);
 }

@@ -1,12 +1,13 @@
 // Reports: funnel, stage durations, forecast, win rate and lost reasons, and the owners
 // table, each from its /v1/reports route with the same filters, each with a chart (where
-// a picture helps), the figures as a table, and a CSV download.
+// a picture helps), the figures as a table, and a CSV download. Money is shown in the
+// currency each row and summary carries, one currency apart from another, never added.
 
 import { barChart, chartBox } from '../charts.js';
 import { downloadCsv } from '../download.js';
 import { h, facts, fill, problem, table } from '../dom.js';
 import { dayAfter, filterBar, pipelineViewStart } from '../filters.js';
-import { count, decimal, money, percent, words } from '../format.js';
+import { byCurrency, count, decimal, money, moneyPerCurrency, percent, words } from '../format.js';
 
 const compactFormat = new Intl.NumberFormat(undefined, { notation: 'compact' });
 const compact = (value) => compactFormat.format(value);
@@ -22,11 +23,16 @@ const SECTIONS = [
   { report: 'owners', title: 'Owners', draw: owners },
 ];
 
-/** A chart (`id`, named `label`) and, as its text equivalent, the same figures as a table. */
-function figure(chart, { id, label, ...spec }, tableSpec) {
+/** A chart (`id`, named `label`) in its box. */
+function plot(chart, { id, label, ...spec }) {
   const { canvas, box } = chartBox(id, label);
   chart(canvas, spec);
-  return [box, table({ scrolls: true, ...tableSpec })];
+  return box;
+}
+
+/** A chart and, as its text equivalent, the same figures as a table. */
+function figure(chart, chartSpec, tableSpec) {
+  return [plot(chart, chartSpec), table({ scrolls: true, ...tableSpec })];
 }
 
 function funnel(answer, { chart }) {
@@ -78,32 +84,37 @@ function bucketName(bucket) {
   return bucket;
 }
 
-function forecast(answer, { chart, currency }) {
+function forecast(answer, { chart }) {
   const rows = answer.rows;
   const s = answer.summary;
+  const months = (group) => group.map((r) => bucketName(r.bucket));
   return [
     facts([
-      ['Open value', money(s.open_value, currency)],
-      ['Weighted value', money(s.weighted_value, currency)],
-      ['Won value', money(s.won_value, currency)],
+      ['Open value', moneyPerCurrency(s.open_value)],
+      ['Weighted value', moneyPerCurrency(s.weighted_value)],
+      ['Won value', moneyPerCurrency(s.won_value)],
     ], { class: 'facts inline' }),
-    ...figure(chart, {
-      id: 'chart-forecast',
-      label: 'Open, weighted and won value by month',
-      labels: rows.map((r) => bucketName(r.bucket)),
+    // A chart per currency: amounts in different currencies share no axis.
+    [...byCurrency(rows)].map(([currency, group]) => plot(chart, {
+      id: `chart-forecast-${currency}`,
+      label: `Open, weighted and won value by month, in ${currency}`,
+      labels: months(group),
       series: [
-        { label: 'Open value', data: rows.map((r) => Number(r.open_value)) },
-        { label: 'Weighted value', data: rows.map((r) => Number(r.weighted_value)) },
-        { label: 'Won value', data: rows.map((r) => Number(r.won_value)) },
+        { label: 'Open value', data: group.map((r) => Number(r.open_value)) },
+        { label: 'Weighted value', data: group.map((r) => Number(r.weighted_value)) },
+        { label: 'Won value', data: group.map((r) => Number(r.won_value)) },
       ],
-      axisLabel: currency || 'Value',
+      axisLabel: currency,
       tick: compact,
-    }, {
+    })),
+    table({
+      scrolls: true,
       caption: 'By expected close month (won: by month won)',
       columns: ['Month', 'Open deals', 'Open value', 'Weighted value', 'Won deals', 'Won value'],
       numeric: [1, 2, 3, 4, 5],
-      rows: rows.map((r) => [bucketName(r.bucket), count(r.open_count), money(r.open_value, currency),
-        money(r.weighted_value, currency), count(r.won_count), money(r.won_value, currency)]),
+      rows: rows.map((r) => [bucketName(r.bucket), count(r.open_count), money(r.open_value, r.currency),
+        money(r.weighted_value, r.currency), count(r.won_count), money(r.won_value, r.currency)]),
+      attrs: { id: 'table-forecast' },
     }),
   ];
 }
@@ -124,34 +135,45 @@ function winRate(answer) {
   ];
 }
 
-function lostReasons(answer, { chart, currency }) {
+function lostReasons(answer, { chart }) {
   const reasons = answer.rows.filter((r) => r.dimension === 'reason');
-  return figure(chart, {
-    id: 'chart-lost-reasons',
-    label: 'Lost deals per reason',
-    labels: reasons.map((r) => r.reason),
-    series: [{ label: 'Lost deals', data: reasons.map((r) => r.count) }],
-    horizontal: true,
-    axisLabel: 'Deals',
-  }, {
-    caption: 'Lost deals per reason',
-    columns: ['Reason', 'Deals', 'Value', 'Share'],
-    numeric: [1, 2, 3],
-    rows: reasons.map((r) => [r.reason, count(r.count), money(r.value, currency), percent(r.share)]),
-  });
+  // A reason has a row per currency; the chart counts deals, which add up across them.
+  const perReason = new Map();
+  for (const r of reasons) perReason.set(r.reason, (perReason.get(r.reason) || 0) + r.count);
+  return [
+    facts([
+      ['Lost', count(answer.summary.lost)],
+      ['Lost value', moneyPerCurrency(answer.summary.lost_value)],
+    ], { class: 'facts inline' }),
+    ...figure(chart, {
+      id: 'chart-lost-reasons',
+      label: 'Lost deals per reason',
+      labels: [...perReason.keys()],
+      series: [{ label: 'Lost deals', data: [...perReason.values()] }],
+      horizontal: true,
+      axisLabel: 'Deals',
+    }, {
+      caption: 'Lost deals per reason',
+      columns: ['Reason', 'Deals', 'Value', 'Share'],
+      numeric: [1, 2, 3],
+      rows: reasons.map((r) => [r.reason, count(r.count), money(r.value, r.currency), percent(r.share)]),
+      attrs: { id: 'table-lost-reasons' },
+    }),
+  ];
 }
 
-function owners(answer, { currency }) {
+function owners(answer) {
   return [table({
     scrolls: true,
-    caption: 'Per owner (team and region as of each event)',
+    caption: 'Per owner and currency (team and region as of each event)',
     columns: ['Owner', 'Team', 'Open deals', 'Open value', 'Weighted', 'Won', 'Won value', 'Lost',
       'Win rate', 'Average won deal', 'Median days to win'],
     numeric: [2, 3, 4, 5, 6, 7, 8, 9, 10],
     rows: answer.rows.map((r) => [r.owner, r.team ?? '—', count(r.open_deals),
-      money(r.open_value, currency), money(r.weighted_value, currency), count(r.won),
-      money(r.won_value, currency), count(r.lost), percent(r.win_rate),
-      money(r.average_deal_size, currency), decimal(r.median_days_to_win)]),
+      money(r.open_value, r.currency), money(r.weighted_value, r.currency), count(r.won),
+      money(r.won_value, r.currency), count(r.lost), percent(r.win_rate),
+      money(r.average_deal_size, r.currency), decimal(r.median_days_to_win)]),
+    attrs: { id: 'table-owners' },
   })];
 }
 
@@ -232,7 +254,7 @@ export async function mount(root, ctx, params) {
           old.destroy();
           charts.splice(charts.indexOf(old), 1);
         }
-        fill(section.body, section.draw(answer, { chart, currency: pipeline.currency }),
+        fill(section.body, section.draw(answer, { chart }),
           answer.notes ? h('p', { class: 'hint' }, answer.notes) : null);
         section.body.setAttribute('aria-busy', 'false');
         return answer.position;
