@@ -71,15 +71,19 @@ def wait_caught_up(base_url: str, token: str, timeout: float = CATCH_UP_SECONDS)
     deadline = time.monotonic() + timeout
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=base_url, headers=headers, timeout=30) as client:
-        pipeline = client.get("/v1/pipelines").json()["data"][0]["id"]
-        for probe, params in READ_MODEL_PROBES:
-            query = {k: v or pipeline for k, v in params.items()} | {"min_position": head}
+
+        def at_head(probe: str, params: dict[str, Any]) -> Any:
             while True:
-                answer = client.get(probe, params=query)
+                answer = client.get(probe, params={**params, "min_position": head})
                 if answer.status_code == 200:
-                    break
+                    return answer.json()
                 if answer.status_code != 503 or time.monotonic() > deadline:
                     raise BenchError(f"{probe} answered {answer.status_code}: {answer.text}")
+
+        # the pipelines come from a read model too
+        pipeline = at_head("/v1/pipelines", {})["data"][0]["id"]
+        for probe, params in READ_MODEL_PROBES:
+            at_head(probe, {k: v or pipeline for k, v in params.items()})
 
 
 @contextlib.contextmanager

@@ -167,7 +167,12 @@ def new_pipeline(client: httpx.Client, **rules: Any) -> dict[str, Any]:
     }
     r = client.post("/v1/pipelines", json=body)
     assert r.status_code == 201, r.text
-    return dict(r.json())
+    pipeline = dict(r.json())
+    # Pipelines are listed from a read model: wait until it has this one, so that the
+    # page, which starts from the list, finds it.
+    listed = read(client, "/v1/pipelines", pipeline["position"])["data"]
+    assert pipeline["id"] in {p["id"] for p in listed}
+    return pipeline
 
 
 def new_deal(client: httpx.Client, pipeline_id: str, title: str, **fields: Any) -> dict[str, Any]:

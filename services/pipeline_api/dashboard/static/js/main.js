@@ -56,7 +56,9 @@ function context(signal) {
   const { api, me, feed } = app;
   return {
     api, me, feed, signal, notify, fail, go,
-    pipelines: (fresh) => lookup('pipelines', async () => (await api.get('/v1/pipelines')).data, fresh),
+    // Pipelines come from a read model: ask for one that has seen what this page has.
+    pipelines: (fresh) => lookup('pipelines', async () => (
+      await api.get('/v1/pipelines', { min_position: feed.position })).data, fresh),
     owners: () => lookup('owners', async () => (await api.get('/v1/owners')).data),
     knownPosition: () => feed.position,
   };
