@@ -20,6 +20,7 @@ from libs.domain.deal import Deal
 from libs.domain.errors import NotFound, RuleViolation
 from libs.domain.owner import Owner, owner_id_for
 from libs.domain.pipeline import Pipeline
+from libs.observability.metrics import timed_append
 
 Clock = Callable[[], datetime]
 
@@ -64,7 +65,9 @@ class DealtrailApplication(Application[UUID]):
         Raises IntegrityError when another writer got in first (the caller decides
         whether to re-decide), and RuleViolation when there is nothing to store.
         """
-        recordings = self.save(*aggregates)
+        with timed_append() as stored:
+            recordings = self.save(*aggregates)
+            stored.append(len(recordings))
         if not recordings:
             raise RuleViolation("the command produced no events")
         position = recordings[-1].notification.id

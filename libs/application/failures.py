@@ -76,3 +76,13 @@ def is_unavailable(exc: BaseException) -> bool:
         if name == "TimeoutError" and module.startswith("sqlalchemy"):
             return True
     return False
+
+
+def outcome(exc: BaseException) -> str:
+    """How a command ended, in one word (the ``outcome`` label of the command metrics):
+    the domain error's kind (``invalid``, ``conflict``, ``stale``, ``not_found``,
+    ``forbidden``), ``unavailable`` for an outage, ``error`` for anything else."""
+    kind = getattr(exc, "kind", None)
+    if isinstance(kind, str):
+        return kind
+    return "unavailable" if is_unavailable(exc) else "error"

@@ -29,6 +29,7 @@ from eventsourcing.domain import Aggregate, DomainEventProtocol
 from eventsourcing.persistence import IntegrityError
 from eventsourcing.postgres import PostgresApplicationRecorder
 
+from libs.application import failures
 from libs.application.app import DealtrailApplication
 from libs.domain.commands import (
     AddLostReason,
@@ -72,6 +73,7 @@ from libs.domain.owner import Owner, owner_id_for
 from libs.domain.pipeline import Pipeline, default_template
 from libs.domain.times import to_utc
 from libs.domain.values import UNSET
+from libs.observability import metrics, tracing
 
 R = TypeVar("R")
 
@@ -97,6 +99,7 @@ class Run:
     application: DealtrailApplication
     open_deals_in_stage: OpenDealsInStage | None = None
     events: list[DomainEventProtocol[UUID]] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
     position: int = 0
 
     def when(self, occurred_at: datetime | None) -> tuple[datetime, datetime]:
@@ -110,6 +113,7 @@ class Run:
         """Record the aggregates' new events in one transaction; the last position."""
         recordings = self.application.record(*aggregates)
         self.events.extend(r.domain_event for r in recordings)
+        self.positions.extend(r.notification.id for r in recordings)
         self.position = max(self.position, recordings[-1].notification.id)
         return self.position
 
@@ -680,9 +684,29 @@ def handle(
     """Run ``command`` and the policies reacting to what it stored; its result.
 
     A CommandResult's position is the last one this command (policies included)
-    stored, and ``events`` how many events it stored.
+    stored, and ``events`` how many events it stored. Each command is counted and timed
+    by type and outcome (``metrics``) and, with tracing on, has a span carrying the log
+    positions of its events.
     """
+    name = type(command).__name__
     run = Run(application, open_deals_in_stage)
+    started = time.perf_counter()
+    ended = "ok"
+    try:
+        with tracing.command_span(name) as span:
+            try:
+                result = _run(run, command)
+            finally:
+                span.stored(run.positions)
+    except BaseException as exc:
+        ended = failures.outcome(exc)
+        raise
+    finally:
+        metrics.command_done(name, ended, time.perf_counter() - started)
+    return result
+
+
+def _run(run: Run, command: Command[R]) -> R:
     result = HANDLERS[type(command)](run, command)
     seen = 0
     while seen < len(run.events):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -23,7 +23,7 @@ class StoreLocation:
     host: str = "127.0.0.1"
     port: int = 5432
     user: str = "postgres"
-    password: str = ""
+    password: str = field(default="", repr=False)  # never in a repr, a log or a traceback
     dbname: str = ""
     schema: str = ""
 

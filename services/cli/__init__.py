@@ -7,14 +7,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from pydantic import ValidationError
-
 from services.cli import audit, demo, exports, imports, projections, report, serve
-from services.runtime.settings import Settings
+from services.runtime.logs import configure_logging
+from services.runtime.settings import ConfigurationError, Settings, load_settings
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -32,12 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        settings = Settings()
-    except ValidationError as exc:
+        settings = load_settings()
+    except ConfigurationError as exc:
         print(f"dealtrail: configuration error:\n{exc}", file=sys.stderr)
         return 2
+    configure_logging(settings)
     handler: Handler = args.handler
     return handler(args, settings)

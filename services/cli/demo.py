@@ -122,7 +122,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         application.close()
 
     token = None
-    if not settings.api_keys.strip():
+    if not settings.api_key_map:
         token, _ = load_or_create_admin_token(settings.admin_key_file)
     print_examples(f"http://{args.host}:{args.port}", token, pipeline_id, deal_id)
     if args.no_serve:

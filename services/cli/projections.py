@@ -28,6 +28,7 @@ from services.projections.rebuild import (
     rebuild,
 )
 from services.projections.runner import Worker, ensure_projection, projection_status
+from services.runtime import metrics
 from services.runtime.bootstrap import checkpointer_for
 from services.runtime.settings import Settings
 from services.runtime.stores import open_stores
@@ -35,7 +36,7 @@ from services.runtime.stores import open_stores
 PARKED_LIST_LIMIT = 100  # parked events listed by default
 
 
-async def _run(settings: Settings, names: list[str], batch_size: int) -> int:
+async def _run(settings: Settings, names: list[str], batch_size: int, metrics_port: int) -> int:
     async with open_stores(settings) as stores:
         worker = Worker(
             engine=stores.engine,
@@ -56,12 +57,32 @@ async def _run(settings: Settings, names: list[str], batch_size: int) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop)
+        endpoint = None
+        host = settings.worker_metrics_host
+        if metrics_port:
+
+            async def scrape() -> bytes:
+                return await metrics.render(stores.engine, stores.source, worker)
+
+            try:
+                endpoint = await metrics.start_endpoint(scrape, host, metrics_port)
+            except OSError as exc:
+                print(
+                    f"dealtrail: cannot serve metrics on {host}:{metrics_port}: {exc}",
+                    file=sys.stderr,
+                )
+                return 2
         print(
             f"projection worker for {', '.join(p.name for p in worker.projections)} "
-            f"on {settings.store.describe()}",
+            f"on {settings.store.describe()}"
+            + (f"; metrics on http://{host}:{metrics_port}/metrics" if endpoint else ""),
             flush=True,
         )
-        await asyncio.gather(worker.run(), checkpointer.run())
+        try:
+            await asyncio.gather(worker.run(), checkpointer.run())
+        finally:
+            if endpoint is not None:
+                await endpoint.stop()
     return 0
 
 
@@ -144,7 +165,8 @@ def _print_parked(parked: Parked, *, with_traceback: bool = False) -> None:
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    return asyncio.run(_run(settings, args.names, args.batch_size))
+    port = settings.worker_metrics_port if args.metrics_port is None else args.metrics_port
+    return asyncio.run(_run(settings, args.names, args.batch_size, port))
 
 
 def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -226,6 +248,13 @@ def register(commands: SubCommands) -> None:
     run = sub.add_parser("run", help="follow the event log and keep read models current")
     run.add_argument("names", nargs="*", help=f"projections to run (default all: {known})")
     run.add_argument("--batch-size", type=int, default=500)
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve /metrics and /health/live on this port "
+        "(default DEALTRAIL_WORKER_METRICS_PORT; 0: none)",
+    )
     run.set_defaults(handler=_cmd_run)
 
     status = sub.add_parser(

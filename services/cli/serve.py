@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import uvicorn
 
 from services.cli.arguments import SubCommands
 from services.runtime.keys import build_keyring
+from services.runtime.logs import log_config
+from services.runtime.metrics import MULTIPROCESS_ENV
 from services.runtime.settings import Settings
 
 # uvicorn builds the app in each process from the same environment.
@@ -43,15 +51,41 @@ def serve(
     if generated:
         print(f"No DEALTRAIL_API_KEYS set; admin token (kept in {settings.admin_key_file}):")
         print(f"  {generated}")
-    uvicorn.run(
-        API_FACTORY,
-        factory=True,
-        host=host,
-        port=port,
-        log_level=log_level,
-        workers=workers,
-    )
+    with shared_metrics(workers):
+        uvicorn.run(
+            API_FACTORY,
+            factory=True,
+            host=host,
+            port=port,
+            log_level=log_level,
+            log_config=log_config(settings),
+            access_log=False,  # the API writes its own access line, with the request id
+            workers=workers,
+        )
     return 0
+
+
+@contextlib.contextmanager
+def shared_metrics(workers: int) -> Iterator[None]:
+    """With several processes, prometheus-client's multiprocess mode: each process keeps
+    its metrics in files of one directory, and a scrape of any of them adds all up. The
+    directory is ``PROMETHEUS_MULTIPROC_DIR`` when set (emptied first), else a new
+    temporary one, removed at the end."""
+    if workers < 2:
+        yield
+        return
+    given = os.environ.get(MULTIPROCESS_ENV)
+    directory = Path(given) if given else Path(tempfile.mkdtemp(prefix="dealtrail-metrics-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    os.environ[MULTIPROCESS_ENV] = str(directory)  # the worker processes inherit it
+    try:
+        yield
+    finally:
+        if given is None:
+            del os.environ[MULTIPROCESS_ENV]
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:

@@ -10,8 +10,10 @@ from fastapi import Depends, Header, Request
 
 from libs.application.app import DealtrailApplication
 from libs.domain.actors import Actor
+from libs.observability import context
 from services.pipeline_api.errors import ApiError
 from services.pipeline_api.query_cache import QueryCache
+from services.pipeline_api.rate_limits import RateLimiter
 from services.projections.read_models import ReadModels
 from services.runtime.bootstrap import Runtime
 
@@ -70,9 +72,12 @@ QueryCacheDep = Annotated[QueryCache, Depends(get_query_cache)]
 
 
 async def current_principal(
+    request: Request,
     runtime: RuntimeDep,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Actor:
+    """The actor behind the bearer token; counts the request against the token's rate
+    limit (429 when over it)."""
     challenge = {"WWW-Authenticate": "Bearer"}
     if not authorization:
         raise ApiError(401, "missing Authorization: Bearer <token> header", headers=challenge)
@@ -82,6 +87,14 @@ async def current_principal(
     actor = runtime.keyring.actor_for(token)
     if actor is None:
         raise ApiError(401, "unknown API token", headers=challenge)
+    seen = context.current()
+    if seen is not None:
+        seen.principal, seen.role = actor.name, actor.role.value
+    limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
+    if limiter is not None:
+        headers = await limiter.check(token, actor.role)
+        if seen is not None:
+            seen.headers.update(headers)
     return actor
 
 

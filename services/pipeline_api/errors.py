@@ -17,6 +17,7 @@ from starlette.routing import Match
 
 from libs.application.failures import is_data_error, is_unavailable
 from libs.domain.errors import DomainError
+from libs.observability import context
 from services.projections.read_models import ReadModelUnavailable
 from services.queries.errors import QueryError
 
@@ -46,7 +47,8 @@ CODE_BY_STATUS = {
 
 
 class ErrorBody(BaseModel):
-    """The error object: a stable code, a human message, and details such as the field."""
+    """The error object: a stable code, a human message, and details such as the field
+    (and always ``request_id``, the id of the request in the service's logs)."""
 
     code: str
     message: str
@@ -86,7 +88,13 @@ def error_response(
     details: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, "details": details or {}}}
+    """The one error shape; ``details.request_id`` names the request (as its log lines
+    and its ``X-Request-ID`` header do)."""
+    details = dict(details or {})
+    request_id = context.current_request_id()
+    if request_id is not None:
+        details.setdefault("request_id", request_id)
+    body = {"error": {"code": code, "message": message, "details": details}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 

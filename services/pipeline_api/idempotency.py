@@ -27,6 +27,7 @@ from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from libs.application.failures import is_unavailable
+from libs.observability import metrics
 from services.pipeline_api.deps import RuntimeDep, bearer_token, current_principal
 from services.pipeline_api.errors import error_response
 from services.pipeline_api.idempotency_store import MAX_KEY_LENGTH, IdempotencyStore
@@ -155,6 +156,7 @@ class IdempotencyMiddleware:
 
 
 def _refusal(status: int, code: str, message: str, **headers: str) -> IdempotentAnswer:
+    metrics.IDEMPOTENCY_REFUSALS.labels(code).inc()
     return IdempotentAnswer(
         error_response(status, code, message, {"field": "Idempotency-Key"}, headers or None)
     )
@@ -215,6 +217,7 @@ async def claim_key(
             "a request with this Idempotency-Key is still running; retry shortly",
             **{"Retry-After": "1"},
         )
+    metrics.IDEMPOTENCY_REPLAYS.inc()
     raise IdempotentAnswer(_replay(existing))
 
 

@@ -5,6 +5,7 @@ See :mod:`services.pipeline_api.idempotency` for how requests use it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from datetime import UTC, datetime, timedelta
@@ -27,12 +28,15 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from libs.observability import metrics
+
 log = logging.getLogger("dealtrail.api")
 
 MAX_KEY_LENGTH = 200
 # A claim older than this whose response never arrived is treated as abandoned (the
 # process died mid-request), so a retry may run the command again.
 ABANDONED_AFTER = timedelta(seconds=60)
+PURGE_EVERY_SECONDS = 600.0  # how often each API process deletes expired keys
 
 metadata = MetaData()
 idempotency_keys = Table(
@@ -66,9 +70,30 @@ class IdempotencyStore:
     async def create_tables(self) -> None:
         async with self.engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
-            await conn.execute(
+        await self.purge_expired()
+
+    async def purge_expired(self) -> int:
+        """Delete the keys older than the TTL; how many went."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
                 delete(idempotency_keys).where(idempotency_keys.c.created_at < _now() - self.ttl)
             )
+        purged = int(result.rowcount or 0)
+        metrics.IDEMPOTENCY_PURGED.inc(purged)
+        return purged
+
+    async def purge_every(self, seconds: float) -> None:
+        """Purge expired keys every ``seconds`` until cancelled; an outage only skips a
+        round (logged)."""
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                purged = await self.purge_expired()
+            except Exception as exc:  # noqa: BLE001 - the next round tries again
+                log.warning("could not purge expired idempotency keys: %r", exc)
+                continue
+            if purged:
+                log.info("purged %d expired idempotency keys", purged)
 
     async def claim(self, scope: str, key: str, fingerprint: str) -> dict[str, Any] | None:
         """Claim the key; return None when claimed, else the existing row."""

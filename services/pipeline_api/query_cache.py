@@ -35,6 +35,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Header
 from fastapi.responses import JSONResponse, Response
 
+from libs.observability import metrics
 from services.projections.read_models import recording_reads
 
 TIME_BOUND_SECONDS = 5.0
@@ -102,6 +103,13 @@ class QueryCache:
         self._entries.clear()
         self.bytes = 0
 
+    def _count(self, *, hit: bool) -> None:
+        if hit:
+            self.hits += 1
+        else:
+            self.misses += 1
+        metrics.query_cache(hit)
+
     async def answer(
         self,
         key: Hashable,
@@ -117,7 +125,7 @@ class QueryCache:
         ``fresh`` (the request's ``Cache-Control: no-cache``) computes anew whatever is
         kept or in flight; the answer then replaces the kept one."""
         if fresh:
-            self.misses += 1
+            self._count(hit=False)
             own = asyncio.ensure_future(self._compute(key, compute))
             own.add_done_callback(_retrieve)
             return _response(await asyncio.shield(own), "miss")
@@ -127,14 +135,14 @@ class QueryCache:
             entry = self._entries.get(key)
             if entry is not None and self._fresh(entry, now_states, min_position):
                 self._entries.move_to_end(key)
-                self.hits += 1
+                self._count(hit=True)
                 return _response(entry.answer, "hit")
         flight_key = (key, min_position)
         task = self._flights.get(flight_key)
         if task is not None:
-            self.hits += 1
+            self._count(hit=True)
             return _response(await asyncio.shield(task), "hit")
-        self.misses += 1
+        self._count(hit=False)
         task = asyncio.ensure_future(self._compute(key, compute))
         self._flights[flight_key] = task
         task.add_done_callback(lambda done: self._landed(flight_key, done))

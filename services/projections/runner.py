@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from libs.application.failures import is_unavailable
 from libs.application.records import EventRecord
 from libs.application.sql import advisory_key, connect_raw
 from libs.application.store import StoreLocation
+from libs.observability import metrics
 from services.projections.base import (
     Projection,
     State,
@@ -74,20 +76,23 @@ async def apply_batch(
 
     The state row is locked first, so two workers never apply the same events twice. An
     event the projection cannot apply is parked in the same transaction (``parking``).
+    A batch that moved the position is timed and counted (``metrics``) once committed.
     """
+    started = time.perf_counter()
     async with engine.begin() as conn:
         state = await lock_state(conn, projection.name)
         todo = [r for r in records if r.position > state.position]
         if not todo:
             return state.position
-        await apply_or_park(conn, projection, state.generation, todo)
+        parked = await apply_or_park(conn, projection, state.generation, todo)
         new_position = todo[-1].position
         await conn.execute(
             update(projection_state)
             .where(projection_state.c.name == projection.name)
             .values(position=new_position, skipped=state.skipped + unknown_count(projection, todo))
         )
-        return new_position
+    metrics.projection_batch(projection.name, time.perf_counter() - started, len(todo), len(parked))
+    return new_position
 
 
 @dataclass
@@ -171,6 +176,12 @@ class Worker:
         if self.location.is_postgres and self.use_advisory_locks:
             return [p for p in self.projections if p.name in self._held]
         return list(self.projections)
+
+    def active_names(self) -> list[str]:
+        """The projections this worker applies events to now (a standby: none)."""
+        if self._loop is None:
+            return []
+        return [p.name for p in self._active_projections()]
 
     async def step(self, projections: Sequence[Projection] | None = None) -> int:
         """Process one batch for the given projections; return how many events were read."""

@@ -17,6 +17,7 @@ from services.runtime.breaker import StoreBreaker
 from services.runtime.keys import KeyRing, build_keyring
 from services.runtime.settings import Settings
 from services.runtime.stores import Stores, connect_stores
+from services.runtime.tracing import instrument_engine
 
 SERVICE_POOL_SIZE = 10  # read-side connections of one service process
 BACKGROUND_STOP_SECONDS = 10  # how long shutdown waits for a background task to stop
@@ -58,6 +59,7 @@ async def bootstrap(settings: Settings, clock: Clock = utc_now) -> Runtime:
 
     stores = await connect_stores(settings, clock, pool_size=SERVICE_POOL_SIZE, setup=setup)
     assert worker is not None
+    instrument_engine(stores.engine)
     read_models = ReadModels(stores.engine, settings.read_wait_seconds, settings.max_read_waiters)
     runtime = Runtime(
         settings=settings,

@@ -15,6 +15,7 @@ import asyncio
 import time
 
 from libs.application.store import StoreLocation
+from libs.observability import metrics
 
 PROBE_TIMEOUT_SECONDS = 1
 
@@ -35,6 +36,7 @@ class StoreBreaker:
     def trip(self) -> None:
         if self.tripped_at is None:
             self.tripped_at = time.monotonic()
+            metrics.breaker_state(True, tripped_now=True)
 
     def _probe(self) -> bool:
         self.probes += 1
@@ -62,6 +64,7 @@ class StoreBreaker:
             probe = self._probing = asyncio.ensure_future(asyncio.to_thread(self._probe))
             probe.add_done_callback(self._probe_done)
         ok = await asyncio.shield(probe)
-        if ok:
+        if ok and self.tripped_at is not None:
             self.tripped_at = None
+            metrics.breaker_state(False)
         return ok

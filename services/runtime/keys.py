@@ -8,7 +8,7 @@ import secrets
 from pathlib import Path
 
 from libs.domain.actors import Actor, Role
-from services.runtime.settings import Settings, parse_api_keys
+from services.runtime.settings import Settings
 
 GENERATED_ADMIN = "admin"
 
@@ -44,7 +44,7 @@ def load_or_create_admin_token(path: Path) -> tuple[str, bool]:
 
 def build_keyring(settings: Settings) -> tuple[KeyRing, str | None]:
     """The configured keys; with none configured, a generated admin key (also returned)."""
-    keys = parse_api_keys(settings.api_keys)
+    keys = settings.api_key_map
     if keys:
         return KeyRing(keys), None
     token, _ = load_or_create_admin_token(settings.admin_key_file)

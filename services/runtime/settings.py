@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from limits import RateLimitItem, parse_many
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from libs.application.integrity import CheckpointPolicy, Signer
@@ -15,6 +17,8 @@ from libs.application.store import StoreLocation
 from libs.domain.actors import Actor, Role
 
 MIN_TOKEN_LENGTH = 16
+# DEALTRAIL_RATE_LIMITS when it is unset in production (development: no limits).
+PRODUCTION_RATE_LIMITS = "admin=1200/minute manager=1200/minute rep=600/minute auditor=300/minute"
 
 
 class Settings(BaseSettings):
@@ -22,9 +26,15 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
 
-    database_url: str = Field(default="sqlite:///data/dealtrail.db", alias="DATABASE_URL")
+    database_url: SecretStr = Field(
+        default=SecretStr("sqlite:///data/dealtrail.db"), alias="DATABASE_URL"
+    )
+    # Replaces the password of DATABASE_URL, so that the URL can live in plain
+    # configuration and the password in a secret store.
+    database_password: SecretStr | None = Field(default=None, alias="DEALTRAIL_DATABASE_PASSWORD")
     database_schema: str = Field(default="", alias="DEALTRAIL_DB_SCHEMA")
-    api_keys: str = Field(default="", alias="DEALTRAIL_API_KEYS")
+    api_keys: SecretStr = Field(default=SecretStr(""), alias="DEALTRAIL_API_KEYS")
+    api_keys_file: Path | None = Field(default=None, alias="DEALTRAIL_API_KEYS_FILE")
     environment: Literal["development", "production"] = Field(
         default="development", alias="DEALTRAIL_ENV"
     )
@@ -40,19 +50,41 @@ class Settings(BaseSettings):
     checkpoint_minutes: float = Field(
         default=5.0, alias="DEALTRAIL_CHECKPOINT_MINUTES", gt=0, le=7 * 24 * 60
     )
-    # `dealtrail serve --workers` checks the value (at least 1, above 1 only on PostgreSQL).
-    web_workers: int = Field(default=1, alias="DEALTRAIL_WEB_WORKERS")
+    # `dealtrail serve --workers` overrides it; above 1 only on PostgreSQL (checked there).
+    web_workers: int = Field(default=1, alias="DEALTRAIL_WEB_WORKERS", ge=1, le=64)
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto", alias="DEALTRAIL_LOG_FORMAT"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", alias="DEALTRAIL_LOG_LEVEL"
+    )
+    ready_max_lag: int = Field(default=1000, alias="DEALTRAIL_READY_MAX_LAG", ge=0, le=1_000_000)
+    rate_limits: str = Field(default="", alias="DEALTRAIL_RATE_LIMITS")
+    rate_limit_storage: str = Field(default="memory://", alias="DEALTRAIL_RATE_LIMIT_STORAGE")
+    otel_endpoint: str | None = Field(default=None, alias="DEALTRAIL_OTEL_ENDPOINT")
+    otel_service_name: str = Field(default="dealtrail", alias="DEALTRAIL_OTEL_SERVICE_NAME")
+    worker_metrics_port: int = Field(
+        default=0, alias="DEALTRAIL_WORKER_METRICS_PORT", ge=0, le=65535
+    )
+    worker_metrics_host: str = Field(default="127.0.0.1", alias="DEALTRAIL_WORKER_METRICS_HOST")
 
     @field_validator("database_url")
     @classmethod
-    def _known_backend(cls, value: str) -> str:
-        StoreLocation.parse(value)
+    def _known_backend(cls, value: SecretStr) -> SecretStr:
+        StoreLocation.parse(value.get_secret_value())
+        return value
+
+    @field_validator("signing_key", "database_password")
+    @classmethod
+    def _blank_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
         return value
 
     @field_validator("signing_key")
     @classmethod
     def _readable_signing_key(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None or not value.get_secret_value().strip():
+        if value is None:
             return None
         try:
             Signer.from_text(value.get_secret_value())
@@ -60,23 +92,87 @@ class Settings(BaseSettings):
             raise ValueError(f"DEALTRAIL_SIGNING_KEY: {exc}") from None
         return value
 
+    @field_validator("otel_endpoint")
+    @classmethod
+    def _blank_endpoint_is_unset(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("DEALTRAIL_OTEL_ENDPOINT must be an http:// or https:// URL")
+        return value.strip().rstrip("/")
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _readable_rate_limits(cls, value: str) -> str:
+        parse_rate_limits(value)
+        return value
+
+    @field_validator("rate_limit_storage")
+    @classmethod
+    def _known_storage(cls, value: str) -> str:
+        if "://" not in value:
+            raise ValueError(
+                "DEALTRAIL_RATE_LIMIT_STORAGE must be a storage URI such as memory:// "
+                "or redis://host:6379"
+            )
+        return value
+
     @model_validator(mode="after")
-    def _no_default_secrets_in_production(self) -> Settings:
+    def _keys_and_production_rules(self) -> Settings:
+        if self.api_keys.get_secret_value().strip() and self.api_keys_file is not None:
+            raise ValueError("set DEALTRAIL_API_KEYS or DEALTRAIL_API_KEYS_FILE, not both")
+        keys = self.api_key_map  # reads and checks the keys (and the file)
         if self.environment == "production":
-            if not self.api_keys.strip():
-                raise ValueError("DEALTRAIL_API_KEYS must be set when DEALTRAIL_ENV=production")
-            for token in parse_api_keys(self.api_keys):
+            if not keys:
+                raise ValueError(
+                    "DEALTRAIL_API_KEYS or DEALTRAIL_API_KEYS_FILE must give keys when "
+                    "DEALTRAIL_ENV=production"
+                )
+            for token in keys:
                 if len(token) < MIN_TOKEN_LENGTH:
                     raise ValueError(
                         f"API tokens must be at least {MIN_TOKEN_LENGTH} characters in production"
                     )
-        else:
-            parse_api_keys(self.api_keys)
         return self
 
     @cached_property
+    def api_key_map(self) -> dict[str, Actor]:
+        """Token -> actor, from ``DEALTRAIL_API_KEYS`` or the file it names."""
+        if self.api_keys_file is None:
+            return parse_api_keys(self.api_keys.get_secret_value())
+        try:
+            text = self.api_keys_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(
+                f"DEALTRAIL_API_KEYS_FILE {self.api_keys_file}: cannot read it ({exc})"
+            ) from None
+        return parse_api_keys(text, source="DEALTRAIL_API_KEYS_FILE")
+
+    @property
+    def rate_limit_rules(self) -> dict[Role, tuple[RateLimitItem, ...]]:
+        """Each role's rate limits per token (empty: not limited)."""
+        raw = self.rate_limits
+        if not raw.strip() and self.environment == "production":
+            raw = PRODUCTION_RATE_LIMITS
+        return parse_rate_limits(raw)
+
+    @property
+    def secrets(self) -> list[str]:
+        """Every secret value configured (tokens, passwords, keys), to keep out of logs."""
+        values = list(self.api_key_map)
+        if self.store.password:
+            values.append(self.store.password)
+        for secret in (self.signing_key, self.database_password):
+            if secret is not None:
+                values.append(secret.get_secret_value().strip())
+        return values
+
+    @cached_property
     def store(self) -> StoreLocation:
-        return StoreLocation.parse(self.database_url, self.database_schema)
+        location = StoreLocation.parse(self.database_url.get_secret_value(), self.database_schema)
+        if self.database_password is not None and location.is_postgres:
+            location = replace(location, password=self.database_password.get_secret_value())
+        return location
 
     @cached_property
     def signer(self) -> Signer | None:
@@ -94,19 +190,61 @@ class Settings(BaseSettings):
         return self.data_dir / "admin-token"
 
 
-def parse_api_keys(raw: str) -> dict[str, Actor]:
-    """``token:principal:role,...`` into a map from token to the actor it authenticates."""
+class ConfigurationError(Exception):
+    """The environment does not make valid settings; the message says which and why,
+    without the values (they may be secrets)."""
+
+
+def load_settings() -> Settings:
+    """The settings from the environment, or :class:`ConfigurationError`."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_input=False, include_url=False):
+            where = ".".join(str(part) for part in error["loc"]) or "settings"
+            problems.append(f"  {where}: {error['msg']}")
+        raise ConfigurationError("\n".join(problems)) from None
+
+
+def parse_api_keys(raw: str, source: str = "DEALTRAIL_API_KEYS") -> dict[str, Actor]:
+    """``token:principal:role`` entries (separated by commas or lines; ``#`` starts a
+    comment line) into a map from token to the actor it authenticates."""
     keys: dict[str, Actor] = {}
-    for n, entry in enumerate(filter(None, (e.strip() for e in raw.split(","))), start=1):
+    lines = (line for line in raw.splitlines() if not line.lstrip().startswith("#"))
+    entries = (e.strip() for line in lines for e in line.split(","))
+    for n, entry in enumerate(filter(None, entries), start=1):
         parts = entry.split(":")
         if len(parts) != 3 or not all(p.strip() for p in parts):
-            raise ValueError(f"DEALTRAIL_API_KEYS entry {n} must look like token:principal:role")
+            raise ValueError(f"{source} entry {n} must look like token:principal:role")
         token, principal, role = (p.strip() for p in parts)
         try:
             keys[token] = Actor(name=principal, role=Role(role))
         except ValueError:
             roles = ", ".join(r.value for r in Role)
-            raise ValueError(
-                f"DEALTRAIL_API_KEYS entry {n} has role {role!r}; roles are {roles}"
-            ) from None
+            raise ValueError(f"{source} entry {n} has role {role!r}; roles are {roles}") from None
     return keys
+
+
+def parse_rate_limits(raw: str) -> dict[Role, tuple[RateLimitItem, ...]]:
+    """``role=LIMITS ...`` (``*`` for every role not named; LIMITS as the ``limits``
+    package writes them, ``10/second;600/minute``) into each role's limits; ``off`` or
+    nothing: no limits."""
+    text = raw.strip()
+    if not text or text.lower() == "off":
+        return {}
+    named: dict[str, tuple[RateLimitItem, ...]] = {}
+    for entry in text.split():
+        role, sep, limits_text = entry.partition("=")
+        if not sep or role not in {"*", *(r.value for r in Role)}:
+            roles = ", ".join(r.value for r in Role)
+            raise ValueError(
+                f"DEALTRAIL_RATE_LIMITS entry {entry!r} must look like ROLE=LIMITS "
+                f"(ROLE one of {roles} or *; e.g. rep=10/second;600/minute)"
+            )
+        try:
+            named[role] = tuple(parse_many(limits_text))
+        except ValueError as exc:
+            raise ValueError(f"DEALTRAIL_RATE_LIMITS entry {entry!r}: {exc}") from None
+    default = named.get("*", ())
+    return {r: named.get(r.value, default) for r in Role if named.get(r.value, default)}

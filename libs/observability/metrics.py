@@ -1,0 +1,183 @@
+"""Every metric the service records, in one place (Prometheus, via prometheus-client).
+
+These are the *process* metrics: each process counts what it does itself. What the
+database knows (each projection's position, events and seconds behind, parked events)
+is read when ``/metrics`` is scraped instead (``services/runtime/metrics.py``), so it is
+the same whichever process answers.
+
+With several API processes (``dealtrail serve --workers N``) prometheus-client's
+multiprocess mode is on (``PROMETHEUS_MULTIPROC_DIR``, set by ``serve``): each process
+writes its values to files in that directory and a scrape of any process adds them up.
+Counters and histograms are summed; the breaker gauge shows the highest value among the
+living processes (``livemax``: any process with an open breaker shows 1).
+
+Names follow Prometheus' conventions: ``dealtrail_`` first, ``_total`` for counters,
+``_seconds`` for durations. Labels take only bounded values: route templates (never
+raw paths), command class names, projection names, fixed outcome words.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+disable_created_metrics()  # type: ignore[no-untyped-call]  # no ``_created`` series beside each counter: noise for us
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+# --- HTTP -------------------------------------------------------------------------------
+
+HTTP_REQUESTS = Counter(
+    "dealtrail_http_requests_total",
+    "HTTP requests answered, by method, route template and status",
+    ["method", "route", "status"],
+)
+HTTP_DURATION = Histogram(
+    "dealtrail_http_request_duration_seconds",
+    "Time from a request's arrival to the end of its answer",
+    ["method", "route", "status"],
+    buckets=LATENCY_BUCKETS,
+)
+RATE_LIMITED = Counter(
+    "dealtrail_rate_limited_total",
+    "Requests refused with 429 because their token was over its rate limit, by role",
+    ["role"],
+)
+
+# --- commands and the event store -------------------------------------------------------
+
+COMMANDS = Counter(
+    "dealtrail_commands_total",
+    "Commands run, by command type and outcome "
+    "(ok, invalid, conflict, stale, not_found, forbidden, unavailable, error)",
+    ["command", "outcome"],
+)
+COMMAND_DURATION = Histogram(
+    "dealtrail_command_duration_seconds",
+    "Time to decide and store a command, policies included",
+    ["command"],
+    buckets=LATENCY_BUCKETS,
+)
+APPEND_DURATION = Histogram(
+    "dealtrail_event_store_append_seconds",
+    "Time of one append of a command's events to the event store (one transaction)",
+    buckets=FAST_BUCKETS,
+)
+EVENTS_APPENDED = Counter("dealtrail_events_appended_total", "Events appended to the event store")
+
+# --- projections (work done by this process's worker) ------------------------------------
+
+PROJECTION_BATCH = Histogram(
+    "dealtrail_projection_batch_seconds",
+    "Time to apply one batch of events to a projection and move its position",
+    ["projection"],
+    buckets=BATCH_BUCKETS,
+)
+PROJECTION_EVENTS = Counter(
+    "dealtrail_projection_events_total",
+    "Events a projection worker of this process moved a projection past",
+    ["projection"],
+)
+PROJECTION_PARKED = Counter(
+    "dealtrail_projection_parked_total",
+    "Events a projection worker of this process parked (could not apply)",
+    ["projection"],
+)
+
+# --- the API's parts ------------------------------------------------------------------------
+
+QUERY_CACHE = Counter(
+    "dealtrail_query_cache_requests_total",
+    "Board and report requests answered from the cache (hit) or computed (miss)",
+    ["result"],
+)
+IDEMPOTENCY_REPLAYS = Counter(
+    "dealtrail_idempotency_replays_total",
+    "Commands answered with the stored answer of an earlier request with the same Idempotency-Key",
+)
+IDEMPOTENCY_REFUSALS = Counter(
+    "dealtrail_idempotency_refusals_total",
+    "Requests refused because of their Idempotency-Key (reused for another request, "
+    "or still in use)",
+    ["reason"],
+)
+BREAKER_OPEN = Gauge(
+    "dealtrail_store_breaker_open",
+    "1 while the store breaker is open (the database was found unreachable), else 0",
+    multiprocess_mode="livemax",
+)
+BREAKER_TRIPS = Counter(
+    "dealtrail_store_breaker_trips_total", "Times the store breaker opened (outages noticed)"
+)
+IDEMPOTENCY_PURGED = Counter(
+    "dealtrail_idempotency_keys_purged_total", "Expired Idempotency-Key records deleted"
+)
+
+# --- webhook delivery ------------------------------------------------------------------------
+# Recorded by webhook delivery through :func:`webhook_delivered`: one sample per attempt
+# to deliver an event to a subscriber. ``outcome`` is ``delivered``, ``failed`` (will be
+# retried) or ``parked`` (given up on; see the parked events of that consumer).
+
+WEBHOOK_DELIVERIES = Counter(
+    "dealtrail_webhook_deliveries_total",
+    "Attempts to deliver an event to a webhook subscriber, by outcome",
+    ["outcome"],
+)
+WEBHOOK_DELIVERY_DURATION = Histogram(
+    "dealtrail_webhook_delivery_seconds",
+    "Time of one delivery attempt to a webhook subscriber",
+    buckets=LATENCY_BUCKETS,
+)
+WEBHOOK_OUTCOMES = ("delivered", "failed", "parked")
+
+
+def webhook_delivered(outcome: str, seconds: float) -> None:
+    """Record one webhook delivery attempt (the hook webhook delivery calls)."""
+    if outcome not in WEBHOOK_OUTCOMES:
+        raise ValueError(f"webhook outcome must be one of {', '.join(WEBHOOK_OUTCOMES)}")
+    WEBHOOK_DELIVERIES.labels(outcome).inc()
+    WEBHOOK_DELIVERY_DURATION.observe(seconds)
+
+
+# --- helpers used by the parts that record ---------------------------------------------------
+
+
+def command_done(command: str, outcome: str, seconds: float) -> None:
+    COMMANDS.labels(command, outcome).inc()
+    COMMAND_DURATION.labels(command).observe(seconds)
+
+
+@contextmanager
+def timed_append() -> Iterator[list[int]]:
+    """Times one append; the caller puts the number of events stored into the list."""
+    stored: list[int] = []
+    started = time.perf_counter()
+    try:
+        yield stored
+    finally:
+        APPEND_DURATION.observe(time.perf_counter() - started)
+        if stored:
+            EVENTS_APPENDED.inc(sum(stored))
+
+
+def projection_batch(projection: str, seconds: float, events: int, parked: int) -> None:
+    PROJECTION_BATCH.labels(projection).observe(seconds)
+    if events:
+        PROJECTION_EVENTS.labels(projection).inc(events)
+    if parked:
+        PROJECTION_PARKED.labels(projection).inc(parked)
+
+
+def query_cache(hit: bool) -> None:
+    QUERY_CACHE.labels("hit" if hit else "miss").inc()
+
+
+def breaker_state(open_: bool, *, tripped_now: bool = False) -> None:
+    BREAKER_OPEN.set(1 if open_ else 0)
+    if tripped_now:
+        BREAKER_TRIPS.inc()
