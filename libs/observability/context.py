@@ -30,6 +30,7 @@ class RequestContext:
     route: str | None = None
     principal: str | None = None
     role: str | None = None
+    trace_id: str | None = None
     # Response headers the API adds to whatever answer the request gets (rate limits).
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -39,6 +40,8 @@ class RequestContext:
             fields["principal"] = self.principal
         if self.route is not None:
             fields["route"] = self.route
+        if self.trace_id is not None:
+            fields["trace_id"] = self.trace_id
         return fields
 
 

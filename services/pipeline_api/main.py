@@ -7,9 +7,10 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from typing import Any
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp
+from starlette.types import Receive, Scope, Send
 
 from libs.application.sql import setup_lock
 from services.pipeline_api.dashboard import router as dashboard
@@ -49,11 +50,15 @@ Bootstrap = Callable[[Settings], Awaitable[Runtime]]
 
 
 class DealtrailAPI(FastAPI):
-    """FastAPI with :class:`ObservedRequests` outside everything, error handling
-    included, so that every answer (a 500 too) carries its request id."""
+    """FastAPI with :class:`ObservedRequests` outside everything (error handling and the
+    tracing middleware included), so that every answer, a 500 too, carries its request id."""
 
-    def build_middleware_stack(self) -> ASGIApp:
-        return ObservedRequests(super().build_middleware_stack())
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._observed = ObservedRequests(super().__call__)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._observed(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, *, wire: Bootstrap | None = None) -> FastAPI:

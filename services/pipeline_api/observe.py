@@ -22,7 +22,7 @@ import time
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from libs.observability import context, metrics
+from libs.observability import context, metrics, tracing
 
 log = logging.getLogger("dealtrail.access")
 
@@ -66,6 +66,7 @@ class ObservedRequests:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 answered = True
+                current.trace_id = tracing.current_trace_id()  # the server span's, if any
                 headers = MutableHeaders(scope=message)
                 headers[REQUEST_ID_HEADER] = current.request_id
                 for name, value in current.headers.items():

@@ -74,7 +74,14 @@ def instrument_engine(engine: AsyncEngine) -> None:
         return
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
-    SQLAlchemyInstrumentor().instrument(engine=engine.sync_engine, tracer_provider=_provider)
+    instrumentor = SQLAlchemyInstrumentor()
+    if instrumentor.is_instrumented_by_opentelemetry:
+        return  # one engine per service process; its own is instrumented already
+    # The instrumentation names SQLAlchemy below 2.1 as what it supports; it works with
+    # 2.1 (it listens to the engine's events), which the tracing test checks.
+    instrumentor.instrument(
+        engine=engine.sync_engine, tracer_provider=_provider, skip_dep_check=True
+    )
 
 
 def shutdown_tracing() -> None:
@@ -84,7 +91,9 @@ def shutdown_tracing() -> None:
     if provider is None:
         return
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
     tracing.uninstall()
     AsyncPGInstrumentor().uninstrument()  # type: ignore[no-untyped-call]
+    SQLAlchemyInstrumentor().uninstrument()
     provider.shutdown()
