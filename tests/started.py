@@ -61,16 +61,33 @@ def started_service(backend: Backend, tmp_path: Path, *args: str, **env: str) ->
 
 
 @contextmanager
+def started_worker(backend: Backend, tmp_path: Path, *args: str, **env: str) -> Iterator[Started]:
+    """``dealtrail projections run --metrics-port P ARGS`` until the block ends; waits
+    (bounded) until its endpoint answers. ``base_url`` is that endpoint."""
+    command = ["projections", "run"]
+    with started_command(
+        backend, tmp_path, command, *args, port_option="--metrics-port", ready="/health/live", **env
+    ) as started:
+        yield started
+
+
+@contextmanager
 def started_command(
-    backend: Backend, tmp_path: Path, command: list[str], *args: str, **env: str
+    backend: Backend,
+    tmp_path: Path,
+    command: list[str],
+    *args: str,
+    port_option: str = "--port",
+    ready: str = "/health",
+    **env: str,
 ) -> Iterator[Started]:
-    """``dealtrail COMMAND --port P ARGS`` (a command that ends up serving the API) until
-    the block ends; waits (bounded) until /health answers."""
+    """``dealtrail COMMAND --port P ARGS`` (a command that ends up serving HTTP on P) until
+    the block ends; waits (bounded) until ``ready`` answers 200."""
     port = free_port()
-    log = tmp_path / f"serve-{port}.log"
+    log = tmp_path / f"{command[0]}-{port}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [str(DEALTRAIL), *command, "--port", str(port), *args],
+            [str(DEALTRAIL), *command, port_option, str(port), *args],
             env=service_env(backend, tmp_path / "data", **env),
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
@@ -84,7 +101,7 @@ def started_command(
         with httpx.Client(base_url=started.base_url, timeout=10) as client:
             while True:
                 try:
-                    if client.get("/health").status_code == 200:
+                    if client.get(ready).status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
@@ -93,6 +110,7 @@ def started_command(
                 time.sleep(0.2)
         yield started
     finally:
+        os.killpg(proc.pid, signal.SIGCONT)  # a test may have stopped it
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(30)

@@ -238,6 +238,7 @@ async def start_endpoint(scrape: Render, host: str, port: int) -> Endpoint:
         host=host,
         port=port,
         log_config=None,
+        log_level="warning",  # the worker says where its metrics are; uvicorn need not
         access_log=False,
         lifespan="off",
     )
