@@ -37,10 +37,12 @@ from libs.domain.commands import (
     AdvanceDeal,
     AssignTeam,
     BatchResult,
+    CancelActivity,
     ChangePipeline,
     ChangeStage,
     Command,
     CommandResult,
+    CompleteActivity,
     CreateDeal,
     DealChange,
     DefinePipeline,
@@ -55,11 +57,14 @@ from libs.domain.commands import (
     ReorderStages,
     RetireLostReason,
     RowOutcome,
+    ScheduleActivity,
     SnoozeDeal,
+    UpdateActivity,
     UpdateDeal,
+    WaiveChecklist,
     WinDeal,
 )
-from libs.domain.deal import Deal, deal_id_for
+from libs.domain.deal import Deal, check_assignee, deal_id_for
 from libs.domain.errors import (
     ConcurrentModification,
     DomainError,
@@ -185,6 +190,7 @@ def pipeline_defined_by(c: DefinePipeline, occurred_at: datetime, now: datetime)
         allow_skipping_stages=c.allow_skipping_stages,
         allow_moving_back=c.allow_moving_back,
         stale_after_days=c.stale_after_days,
+        require_checklist_before_leaving=c.require_checklist_before_leaving,
         pipeline_id=c.pipeline_id,
         actor=c.actor.name,
         occurred_at=occurred_at,
@@ -220,8 +226,13 @@ def _given(c: Any, names: Sequence[str]) -> dict[str, Any]:
     return {name: getattr(c, name) for name in names}
 
 
-PIPELINE_RULES = ("allow_skipping_stages", "allow_moving_back", "stale_after_days")
-STAGE_FIELDS = ("probability", "rotting_days", "requires")
+PIPELINE_RULES = (
+    "allow_skipping_stages",
+    "allow_moving_back",
+    "stale_after_days",
+    "require_checklist_before_leaving",
+)
+STAGE_FIELDS = ("probability", "rotting_days", "requires", "checklist")
 
 
 def change_pipeline(run: Run, c: ChangePipeline) -> CommandResult:
@@ -410,11 +421,28 @@ def create_deal(run: Run, c: CreateDeal) -> CommandResult:
     return CommandResult(deal.id, deal.version, position, deal.as_dict(pipeline), True)
 
 
-ChangeOfDeal = Callable[[Deal, Pipeline, Stamp], None]
+ChangeOfDeal = Callable[[Deal, Pipeline, Stamp], Any]
+Answer = Callable[[Deal, Pipeline, Any, datetime], tuple[UUID | str, dict[str, Any]]]
+"""(deal, pipeline, what the change returned, now) -> (id, state) of the answer."""
 
 
-def _on_deal(run: Run, c: DealChange, change: ChangeOfDeal) -> CommandResult:
-    """Load the deal, check who may act, apply ``change`` and store; retry lost races."""
+def _deal_answer(
+    deal: Deal, pipeline: Pipeline, _: Any, now: datetime
+) -> tuple[UUID, dict[str, Any]]:
+    return deal.id, deal.as_dict(pipeline)
+
+
+def _on_deal(
+    run: Run,
+    c: DealChange,
+    change: ChangeOfDeal,
+    answer: Answer = _deal_answer,
+    *,
+    created: bool = False,
+) -> CommandResult:
+    """Load the deal, check who may act, apply ``change`` and store; retry lost races.
+    The answer is the deal, or what ``answer`` makes of it and of what ``change``
+    returned."""
     app = run.application
 
     def attempt() -> Decision:
@@ -422,10 +450,12 @@ def _on_deal(run: Run, c: DealChange, change: ChangeOfDeal) -> CommandResult:
         c.actor.check_may_change_deal(deal.owner)
         _check_version(deal, c.expected_version, "deal")
         pipeline = app.get_pipeline(deal.pipeline_id)
-        change(deal, pipeline, _stamp(run, c))
+        stamp = _stamp(run, c)
+        outcome = change(deal, pipeline, stamp)
         if deal.pipeline_id != pipeline.id:  # moved: show it in its new pipeline
             pipeline = app.get_pipeline(deal.pipeline_id)
-        return [deal], lambda pos: CommandResult(deal.id, deal.version, pos, deal.as_dict(pipeline))
+        key, state = answer(deal, pipeline, outcome, stamp["now"])
+        return [deal], lambda pos: CommandResult(UUID(str(key)), deal.version, pos, state, created)
 
     return _retrying(run, "deal", c.expected_version, attempt)
 
@@ -476,6 +506,77 @@ def move_deal(run: Run, c: MoveDeal) -> CommandResult:
         run,
         c,
         lambda d, p, stamp: d.move_to_pipeline(p, target, c.stage, c.note, **stamp),
+    )
+
+
+# --- activities and checklists ----------------------------------------------------------
+
+
+def _activity_answer(
+    deal: Deal, pipeline: Pipeline, activity_id: Any, now: datetime
+) -> tuple[str, dict[str, Any]]:
+    """An activity command's answer: the activity, and its deal's new version."""
+    return str(activity_id), {
+        **deal.activity_as_dict(activity_id, now),
+        "deal_version": deal.version,
+    }
+
+
+ACTIVITY_FIELDS = ("type", "subject", "due_at", "duration_minutes", "assignee", "note")
+
+
+def schedule_activity(run: Run, c: ScheduleActivity) -> CommandResult:
+    """Plan an activity; reps only on their own deals, and only for themselves."""
+    if c.assignee is not None and c.assignee is not UNSET:
+        c.actor.check_may_assign_activity(check_assignee(c.assignee))
+    fields = _given(c, ACTIVITY_FIELDS)
+
+    def change(d: Deal, p: Pipeline, stamp: Stamp) -> str:
+        return d.schedule_activity(**fields, **stamp)
+
+    return _on_deal(run, c, change, _activity_answer, created=True)
+
+
+def update_activity(run: Run, c: UpdateActivity) -> CommandResult:
+    """Reschedule, reassign or edit an activity."""
+    if c.assignee is not None and c.assignee is not UNSET:
+        c.actor.check_may_assign_activity(check_assignee(c.assignee))
+    fields = _given(c, ACTIVITY_FIELDS)
+
+    def change(d: Deal, p: Pipeline, stamp: Stamp) -> Any:
+        d.update_activity(c.activity_id, **fields, **stamp)
+        return c.activity_id
+
+    return _on_deal(run, c, change, _activity_answer)
+
+
+def complete_activity(run: Run, c: CompleteActivity) -> CommandResult:
+    def change(d: Deal, p: Pipeline, stamp: Stamp) -> Any:
+        d.complete_activity(c.activity_id, c.outcome, **stamp)
+        return c.activity_id
+
+    return _on_deal(run, c, change, _activity_answer)
+
+
+def cancel_activity(run: Run, c: CancelActivity) -> CommandResult:
+    def change(d: Deal, p: Pipeline, stamp: Stamp) -> Any:
+        d.cancel_activity(c.activity_id, c.reason, **stamp)
+        return c.activity_id
+
+    return _on_deal(run, c, change, _activity_answer)
+
+
+def _waiver_answer(
+    deal: Deal, pipeline: Pipeline, waived: list[str], now: datetime
+) -> tuple[UUID, dict[str, Any]]:
+    return deal.id, {**deal.as_dict(pipeline), "waived": waived}
+
+
+def waive_checklist(run: Run, c: WaiveChecklist) -> CommandResult:
+    """Waive the open checklist items of the deal's stage (admins and managers)."""
+    c.actor.check_may_waive_checklist()
+    return _on_deal(
+        run, c, lambda d, p, stamp: d.waive_checklist(p, c.reason, **stamp), _waiver_answer
     )
 
 
@@ -663,6 +764,11 @@ HANDLERS: Mapping[type[Command[Any]], Callable[[Run, Any], Any]] = {
     UpdateDeal: update_deal,
     MoveDeal: move_deal,
     SnoozeDeal: snooze_deal,
+    ScheduleActivity: schedule_activity,
+    UpdateActivity: update_activity,
+    CompleteActivity: complete_activity,
+    CancelActivity: cancel_activity,
+    WaiveChecklist: waive_checklist,
     AssignTeam: assign_team,
     ImportDeals: import_deals,
     ImportSetup: import_setup,

@@ -50,6 +50,20 @@ class Actor:
                 details={"owner": owner},
             )
 
+    def check_may_assign_activity(self, assignee: str) -> None:
+        """Who may be given an activity: anyone by admins and managers, only themselves by
+        reps."""
+        self.check_may_command()
+        if self.role == Role.REP and assignee != self.name:
+            raise Forbidden(
+                f"reps may only assign activities to themselves, not to {assignee!r}",
+                details={"assignee": assignee},
+            )
+
+    def check_may_waive_checklist(self) -> None:
+        if self.role not in (Role.ADMIN, Role.MANAGER):
+            raise Forbidden("only admins and managers may waive a stage's checklist")
+
     def check_may_manage_teams(self) -> None:
         if self.role != Role.ADMIN:
             raise Forbidden("only admins may set owners' teams and regions")

@@ -25,7 +25,10 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class CommandResult:
-    """What a command returns: the aggregate's new state, version and log position."""
+    """What a command returns: the aggregate's new state, version and log position.
+
+    ``id`` names what the command created or changed: the aggregate, or for a command on
+    one of a deal's activities, the activity (``state`` is then the activity's)."""
 
     id: UUID
     version: int
@@ -78,6 +81,7 @@ class DefinePipeline(Command[CommandResult]):
     allow_skipping_stages: Any = True
     allow_moving_back: Any = True
     stale_after_days: Any = None
+    require_checklist_before_leaving: Any = False
     pipeline_id: UUID | None = None  # a chosen id (generated data); random without
 
 
@@ -89,6 +93,7 @@ class ChangePipeline(PipelineChange):
     allow_skipping_stages: Any = UNSET
     allow_moving_back: Any = UNSET
     stale_after_days: Any = UNSET
+    require_checklist_before_leaving: Any = UNSET
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,19 +104,22 @@ class AddStage(PipelineChange):
     probability: Any
     rotting_days: Any = None
     requires: Any = None
+    checklist: Any = None
     position: Any = None
     stage_id: Any = None
 
 
 @dataclass(frozen=True, kw_only=True)
 class ChangeStage(PipelineChange):
-    """Rename a stage and/or change its probability, rotting threshold or requirements."""
+    """Rename a stage and/or change its probability, rotting threshold, requirements or
+    checklist."""
 
     stage: Any
     name: Any = UNSET
     probability: Any = UNSET
     rotting_days: Any = UNSET
     requires: Any = UNSET
+    checklist: Any = UNSET
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -218,6 +226,57 @@ class SnoozeDeal(DealChange):
     """Keep a deal off the stale list until ``until``."""
 
     until: Any
+    reason: Any
+
+
+# --- a deal's activities and its stage's checklist -------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleActivity(DealChange):
+    """Plan a call, meeting, email, task or deadline on a deal (assignee: its owner)."""
+
+    type: Any
+    subject: Any
+    due_at: Any
+    duration_minutes: Any = None
+    assignee: Any = None
+    note: Any = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpdateActivity(DealChange):
+    """Reschedule, reassign or edit an open activity; only the fields given change."""
+
+    activity_id: Any
+    type: Any = UNSET
+    subject: Any = UNSET
+    due_at: Any = UNSET
+    duration_minutes: Any = UNSET
+    assignee: Any = UNSET
+    note: Any = UNSET
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompleteActivity(DealChange):
+    """Mark an open activity done, with an optional outcome."""
+
+    activity_id: Any
+    outcome: Any = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CancelActivity(DealChange):
+    """Cancel an open activity, with an optional reason."""
+
+    activity_id: Any
+    reason: Any = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class WaiveChecklist(DealChange):
+    """Waive the open checklist items of the deal's stage (admins and managers)."""
+
     reason: Any
 
 

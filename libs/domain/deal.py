@@ -10,25 +10,38 @@ from uuid import UUID, uuid4, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
+from libs.domain.activities import (
+    MAX_ACTIVITIES_PER_DEAL,
+    activity_id_for,
+    check_activity_note,
+    check_activity_type,
+    check_duration,
+    check_subject,
+)
 from libs.domain.errors import (
+    ActivityNotFound,
+    ActivityNotOpen,
     AlreadyInStage,
     AlreadyLost,
     AlreadyWon,
+    ChecklistIncomplete,
     DealClosed,
     DealNotClosed,
     EntryRequirementsNotMet,
     InvalidInput,
     MovingBackNotAllowed,
+    NoOpenChecklistItems,
     NothingToChange,
     PipelineMismatch,
     SkippingStagesNotAllowed,
+    TooManyActivities,
 )
 from libs.domain.events import EventType as E
 from libs.domain.pipeline import Pipeline, Stage, check_probability
 from libs.domain.state import LOST as LOST
 from libs.domain.state import OPEN as OPEN
 from libs.domain.state import WON as WON
-from libs.domain.state import DealState, deal_after
+from libs.domain.state import ActivityState, DealState, checklist_due, deal_after
 from libs.domain.times import check_ahead, check_day, check_occurred_at
 from libs.domain.values import (
     MAX_NAME_LENGTH,
@@ -38,7 +51,7 @@ from libs.domain.values import (
     check_money,
     check_text,
 )
-from libs.domain.views import deal_view
+from libs.domain.views import activity_view, deal_view
 
 MAX_EXTERNAL_ID_LENGTH = 200
 
@@ -54,6 +67,10 @@ def deal_id_for(pipeline_id: UUID, external_id: str) -> UUID:
 
 def check_owner(owner: Any) -> str:
     return check_text(owner, "owner", max_length=MAX_NAME_LENGTH)
+
+
+def check_assignee(assignee: Any) -> str:
+    return check_text(assignee, "assignee", max_length=MAX_NAME_LENGTH)
 
 
 def check_optional_name(value: Any, field: str) -> str | None:
@@ -165,7 +182,7 @@ class Deal(Aggregate):
                 details={"missing_fields": missing, "stage": first.id},
             )
         check_occurred_at(occurred_at, now=now, previous=None)
-        return cls(
+        deal = cls(
             pipeline_id=pipeline.id,
             title=checked_title,
             value=amount,
@@ -180,6 +197,8 @@ class Deal(Aggregate):
             product=check_optional_name(product, "product"),
             note=checked_note,
         )
+        deal._enter_checklist(deal._checklist_for(pipeline.id, first, occurred_at), actor)
+        return deal
 
     @staticmethod
     def create_id(pipeline_id: UUID, external_id: str | None) -> UUID:
@@ -256,12 +275,14 @@ class Deal(Aggregate):
         if cause is None:
             direction = self.check_route(pipeline, target)
             self.check_entry(target, checked_note)
+            self.check_may_leave(pipeline)
         elif "direction" in cause:
             # A pipeline change moves the deal; it says which way (its stage may be gone).
             direction = str(cause["direction"])
         else:
             back = pipeline.position_of(target.id) < pipeline.position_of(self.stage_id)
             direction = "backward" if back else "forward"
+        checklist = self._checklist_for(pipeline.id, target, occurred_at)
         self._stage_advanced(
             from_stage_id=self.stage_id,
             from_stage_name=pipeline.stage_name(self.stage_id),
@@ -273,6 +294,7 @@ class Deal(Aggregate):
             note=checked_note,
             cause=cause,
         )
+        self._enter_checklist(checklist, actor)
 
     def move_to_pipeline(
         self,
@@ -304,6 +326,8 @@ class Deal(Aggregate):
         self.check_open()
         self.check_when(occurred_at, now)
         self.check_entry(destination, checked_note)
+        self.check_may_leave(current)
+        checklist = self._checklist_for(target.id, destination, occurred_at)
         self._moved(
             from_pipeline_id=self.pipeline_id,
             to_pipeline_id=target.id,
@@ -315,6 +339,7 @@ class Deal(Aggregate):
             actor=actor,
             occurred_at=occurred_at,
         )
+        self._enter_checklist(checklist, actor)
 
     @event(E.DEAL_MOVED)
     def _moved(
@@ -352,6 +377,7 @@ class Deal(Aggregate):
             raise AlreadyWon("deal is already won")
         self.check_open()
         self.check_when(occurred_at, now)
+        self.check_may_leave(pipeline)
         self._won(
             stage_id=self.stage_id,
             stage_name=pipeline.stage_name(self.stage_id),
@@ -418,6 +444,7 @@ class Deal(Aggregate):
         checked_note = check_note(note)
         self.check_when(occurred_at, now)
         self.check_entry(target, checked_note)
+        checklist = self._checklist_for(pipeline.id, target, occurred_at)
         self._reopened(
             note=checked_note,
             previous_status=self.status,
@@ -428,6 +455,7 @@ class Deal(Aggregate):
             actor=actor,
             occurred_at=occurred_at,
         )
+        self._enter_checklist(checklist, actor)
 
     @event(E.DEAL_REOPENED)
     def _reopened(
@@ -526,6 +554,306 @@ class Deal(Aggregate):
         self, from_owner: str, to_owner: str, actor: str, occurred_at: datetime
     ) -> None:
         self._fold(E.OWNER_CHANGED, locals())
+
+    # --- activities and checklists ------------------------------------------------------
+
+    def activity(self, activity_id: Any) -> ActivityState:
+        """One of the deal's activities by id; ActivityNotFound if it has none such."""
+        key = str(activity_id)
+        for activity in self.state.activities:
+            if activity.id == key:
+                return activity
+        raise ActivityNotFound(f"deal {self.id} has no activity {key}")
+
+    def check_room(self, more: int) -> None:
+        """The deal can hold ``more`` activities (every status counts)."""
+        held = len(self.activities)
+        if held + more > MAX_ACTIVITIES_PER_DEAL:
+            raise TooManyActivities(
+                f"a deal holds at most {MAX_ACTIVITIES_PER_DEAL} activities; this one has "
+                f"{held}, and {more} more would not fit",
+                details={"limit": MAX_ACTIVITIES_PER_DEAL, "activities": held},
+            )
+
+    def open_checklist_items(self) -> list[ActivityState]:
+        """The open activities that came from the current stage's checklist."""
+        return [
+            a
+            for a in self.activities
+            if a.status == OPEN and a.is_checklist_item_of(self.pipeline_id, self.stage_id)
+        ]
+
+    def check_may_leave(self, pipeline: Pipeline) -> None:
+        """With ``require_checklist_before_leaving``, a deal leaves its stage (forwards,
+        backwards, won or into another pipeline; never when lost) only once the stage's
+        checklist items are completed, cancelled or waived."""
+        if not pipeline.require_checklist_before_leaving:
+            return
+        items = self.open_checklist_items()
+        if not items:
+            return
+        titles = ", ".join(repr(a.subject) for a in items)
+        raise ChecklistIncomplete(
+            f"stage {pipeline.stage_name(self.stage_id)!r} has {len(items)} open checklist "
+            f"item(s): {titles}; complete or cancel them, or have a manager waive them",
+            details={
+                "stage": self.stage_id,
+                "open_items": [{"id": a.id, "title": a.subject, "type": a.type} for a in items],
+            },
+        )
+
+    def _checklist_for(
+        self, pipeline_id: UUID, stage: Stage, entered_at: datetime
+    ) -> dict[str, Any] | None:
+        """What entering ``stage`` adds: its checklist's items as activities (an item the
+        deal still has open from an earlier visit is not added twice), or None."""
+        if not stage.checklist:
+            return None
+        still_open = {
+            a.subject.casefold()
+            for a in self.activities
+            if a.status == OPEN and a.is_checklist_item_of(pipeline_id, stage.id)
+        }
+        items = [i for i in stage.checklist if i.title.casefold() not in still_open]
+        if not items:
+            return None
+        self.check_room(len(items))
+        first = len(self.activities) + 1
+        return {
+            "pipeline_id": str(pipeline_id),
+            "stage_id": stage.id,
+            "stage_name": stage.name,
+            "checklist_version": stage.checklist_version,
+            "items": [
+                {
+                    "activity_id": activity_id_for(self.id, first + n),
+                    "title": item.title,
+                    "type": item.type,
+                    "due_at": checklist_due(entered_at, item),
+                }
+                for n, item in enumerate(items)
+            ],
+            "occurred_at": entered_at,
+        }
+
+    def _enter_checklist(self, checklist: dict[str, Any] | None, actor: str) -> None:
+        if checklist is not None:
+            self._checklist_applied(**checklist, assignee=self.owner, actor=actor)
+
+    @event(E.CHECKLIST_APPLIED)
+    def _checklist_applied(
+        self,
+        pipeline_id: str,
+        stage_id: str,
+        stage_name: str,
+        checklist_version: int,
+        items: list[dict[str, Any]],
+        assignee: str,
+        actor: str,
+        occurred_at: datetime,
+    ) -> None:
+        self._fold(E.CHECKLIST_APPLIED, locals())
+
+    def waive_checklist(
+        self, pipeline: Pipeline, reason: Any, *, actor: str, occurred_at: datetime, now: datetime
+    ) -> list[str]:
+        """Cancel the current stage's open checklist items as waived (a manager's call,
+        with a reason); the ids of the waived items."""
+        checked_reason = check_text(reason, "reason", max_length=MAX_NOTE_LENGTH)
+        self.check_open()
+        self.check_when(occurred_at, now)
+        items = self.open_checklist_items()
+        if not items:
+            raise NoOpenChecklistItems(
+                f"stage {pipeline.stage_name(self.stage_id)!r} has no open checklist items "
+                "on this deal"
+            )
+        ids = [a.id for a in items]
+        self._checklist_waived(
+            pipeline_id=str(self.pipeline_id),
+            stage_id=self.stage_id,
+            stage_name=pipeline.stage_name(self.stage_id),
+            activity_ids=ids,
+            reason=checked_reason,
+            actor=actor,
+            occurred_at=occurred_at,
+        )
+        return ids
+
+    @event(E.CHECKLIST_WAIVED)
+    def _checklist_waived(
+        self,
+        pipeline_id: str,
+        stage_id: str,
+        stage_name: str,
+        activity_ids: list[str],
+        reason: str,
+        actor: str,
+        occurred_at: datetime,
+    ) -> None:
+        self._fold(E.CHECKLIST_WAIVED, locals())
+
+    def schedule_activity(
+        self,
+        *,
+        type: Any,
+        subject: Any,
+        due_at: Any,
+        duration_minutes: Any = None,
+        assignee: Any = None,
+        note: Any = None,
+        key: str | None = None,
+        actor: str,
+        occurred_at: datetime,
+        now: datetime,
+    ) -> str:
+        """Plan a call, meeting, email, task or deadline (assigned to the deal's owner
+        unless ``assignee``); its id. Also on a closed deal: work around a customer goes on
+        after a win or a loss. ``key`` (from an imported record) decides the id; without
+        it, the activity's number on the deal does."""
+        fields: dict[str, Any] = {
+            "activity_type": check_activity_type(type),
+            "subject": check_subject(subject),
+            "due_at": check_ahead(due_at, "due_at", now=now),
+            "duration_minutes": check_duration(duration_minutes),
+            "assignee": self.owner if assignee is None else check_assignee(assignee),
+            "note": check_activity_note(note, "note"),
+        }
+        self.check_when(occurred_at, now)
+        self.check_room(1)
+        activity_id = activity_id_for(self.id, len(self.activities) + 1 if key is None else key)
+        self._activity_scheduled(
+            activity_id=activity_id, **fields, actor=actor, occurred_at=occurred_at
+        )
+        return activity_id
+
+    @event(E.ACTIVITY_SCHEDULED)
+    def _activity_scheduled(
+        self,
+        activity_id: str,
+        activity_type: str,
+        subject: str,
+        due_at: datetime,
+        duration_minutes: int | None,
+        assignee: str,
+        note: str | None,
+        actor: str,
+        occurred_at: datetime,
+    ) -> None:
+        self._fold(E.ACTIVITY_SCHEDULED, locals())
+
+    def _open_activity(self, activity_id: Any, doing: str) -> ActivityState:
+        activity = self.activity(activity_id)
+        if activity.status != OPEN:
+            raise ActivityNotOpen(
+                f"activity {activity.id} is {activity.status}; only an open activity can be "
+                f"{doing}",
+                details={"status": activity.status},
+            )
+        return activity
+
+    def update_activity(
+        self,
+        activity_id: Any,
+        *,
+        type: Any = UNSET,
+        subject: Any = UNSET,
+        due_at: Any = UNSET,
+        duration_minutes: Any = UNSET,
+        assignee: Any = UNSET,
+        note: Any = UNSET,
+        actor: str,
+        occurred_at: datetime,
+        now: datetime,
+    ) -> None:
+        """Reschedule, reassign or edit an open activity; only real changes count."""
+        changes: dict[str, Any] = {}
+        if type is not UNSET:
+            changes["type"] = check_activity_type(type)
+        if subject is not UNSET:
+            changes["subject"] = check_subject(subject)
+        if due_at is not UNSET:
+            changes["due_at"] = check_ahead(due_at, "due_at", now=now)
+        if duration_minutes is not UNSET:
+            changes["duration_minutes"] = check_duration(duration_minutes)
+        if assignee is not UNSET:
+            changes["assignee"] = check_assignee(assignee)
+        if note is not UNSET:
+            changes["note"] = check_activity_note(note, "note")
+        activity = self._open_activity(activity_id, "changed")
+        self.check_when(occurred_at, now)
+        changes = {k: v for k, v in changes.items() if getattr(activity, k) != v}
+        if not changes:
+            raise NothingToChange("the update changes nothing", field="body")
+        self._activity_updated(
+            activity_id=activity.id,
+            changes=changes,
+            previous={k: getattr(activity, k) for k in changes},
+            actor=actor,
+            occurred_at=occurred_at,
+        )
+
+    @event(E.ACTIVITY_UPDATED)
+    def _activity_updated(
+        self,
+        activity_id: str,
+        changes: dict[str, Any],
+        previous: dict[str, Any],
+        actor: str,
+        occurred_at: datetime,
+    ) -> None:
+        self._fold(E.ACTIVITY_UPDATED, locals())
+
+    def complete_activity(
+        self,
+        activity_id: Any,
+        outcome: Any = None,
+        *,
+        actor: str,
+        occurred_at: datetime,
+        now: datetime,
+    ) -> None:
+        """Mark an open activity done, with an optional outcome note."""
+        checked = check_activity_note(outcome, "outcome")
+        activity = self._open_activity(activity_id, "completed")
+        self.check_when(occurred_at, now)
+        self._activity_completed(
+            activity_id=activity.id, outcome=checked, actor=actor, occurred_at=occurred_at
+        )
+
+    @event(E.ACTIVITY_COMPLETED)
+    def _activity_completed(
+        self, activity_id: str, outcome: str | None, actor: str, occurred_at: datetime
+    ) -> None:
+        self._fold(E.ACTIVITY_COMPLETED, locals())
+
+    def cancel_activity(
+        self,
+        activity_id: Any,
+        reason: Any = None,
+        *,
+        actor: str,
+        occurred_at: datetime,
+        now: datetime,
+    ) -> None:
+        """Cancel an open activity, with an optional reason."""
+        checked = check_activity_note(reason, "reason")
+        activity = self._open_activity(activity_id, "cancelled")
+        self.check_when(occurred_at, now)
+        self._activity_cancelled(
+            activity_id=activity.id, reason=checked, actor=actor, occurred_at=occurred_at
+        )
+
+    @event(E.ACTIVITY_CANCELLED)
+    def _activity_cancelled(
+        self, activity_id: str, reason: str | None, actor: str, occurred_at: datetime
+    ) -> None:
+        self._fold(E.ACTIVITY_CANCELLED, locals())
+
+    def activity_as_dict(self, activity_id: Any, now: datetime) -> dict[str, Any]:
+        """One activity as every answer shows it (``libs/domain/views.py``)."""
+        activity = self.activity(activity_id)
+        return activity_view(str(self.id), str(self.pipeline_id), activity, now=now)
 
     def as_dict(
         self, pipeline: Pipeline | None = None, now: datetime | None = None

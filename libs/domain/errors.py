@@ -205,3 +205,36 @@ class ConcurrentModification(RuleViolation):
     """Other commands kept changing the aggregate while this one was retried."""
 
     code = "concurrent_modification"
+
+
+class ActivityNotFound(DomainError):
+    """The deal has no activity with the given id."""
+
+    code = "activity_not_found"
+    kind = "not_found"
+    default_field = "activity_id"
+
+
+class ActivityNotOpen(RuleViolation):
+    """A done or cancelled activity cannot be changed, completed or cancelled again."""
+
+    code = "activity_not_open"
+
+
+class TooManyActivities(RuleViolation):
+    """A deal holds at most so many activities (of every status)."""
+
+    code = "too_many_activities"
+
+
+class ChecklistIncomplete(RuleViolation):
+    """The pipeline requires the stage's checklist done before a deal leaves the stage."""
+
+    code = "checklist_incomplete"
+    default_field = "stage"
+
+
+class NoOpenChecklistItems(RuleViolation):
+    """A waiver needs open checklist items of the deal's current stage."""
+
+    code = "no_open_checklist_items"

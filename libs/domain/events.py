@@ -34,6 +34,13 @@ class EventType(StrEnum):
     OWNER_CHANGED = "OwnerChanged"
     DEAL_MOVED = "DealMoved"
     DEAL_SNOOZED = "DealSnoozed"
+    # a deal's activities (calls, meetings, tasks) and its stages' checklists
+    ACTIVITY_SCHEDULED = "ActivityScheduled"
+    ACTIVITY_UPDATED = "ActivityUpdated"
+    ACTIVITY_COMPLETED = "ActivityCompleted"
+    ACTIVITY_CANCELLED = "ActivityCancelled"
+    CHECKLIST_APPLIED = "ChecklistApplied"
+    CHECKLIST_WAIVED = "ChecklistWaived"
     # owners' teams and regions
     OWNER_REGISTERED = "OwnerRegistered"
     TEAM_ASSIGNED = "TeamAssigned"
@@ -66,6 +73,12 @@ DEAL_EVENTS = frozenset(
         E.OWNER_CHANGED,
         E.DEAL_MOVED,
         E.DEAL_SNOOZED,
+        E.ACTIVITY_SCHEDULED,
+        E.ACTIVITY_UPDATED,
+        E.ACTIVITY_COMPLETED,
+        E.ACTIVITY_CANCELLED,
+        E.CHECKLIST_APPLIED,
+        E.CHECKLIST_WAIVED,
     }
 )
 OWNER_EVENTS = frozenset({E.OWNER_REGISTERED, E.TEAM_ASSIGNED})
@@ -74,5 +87,17 @@ OWNER_EVENTS = frozenset({E.OWNER_REGISTERED, E.TEAM_ASSIGNED})
 ENTERS_STAGE = frozenset({E.DEAL_CREATED, E.STAGE_ADVANCED, E.DEAL_REOPENED, E.DEAL_MOVED})
 # Deal events that close it.
 CLOSES = frozenset({E.DEAL_WON, E.DEAL_LOST})
+# Deal events that create or change the deal's activities (and nothing else of it but
+# its "last activity" time).
+ACTIVITY_EVENTS = frozenset(
+    {
+        E.ACTIVITY_SCHEDULED,
+        E.ACTIVITY_UPDATED,
+        E.ACTIVITY_COMPLETED,
+        E.ACTIVITY_CANCELLED,
+        E.CHECKLIST_APPLIED,
+        E.CHECKLIST_WAIVED,
+    }
+)
 # Deal events that are not sales activity: they leave the "no activity" clock alone.
 NOT_ACTIVITY = frozenset({E.DEAL_SNOOZED})

@@ -9,6 +9,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
+from libs.domain.activities import check_checklist
 from libs.domain.errors import (
     InvalidInput,
     InvalidPipeline,
@@ -93,6 +94,7 @@ def _check_stage(
     probability = check_probability(raw.get("probability"), f"{where}probability")
     rotting = check_rotting_days(raw.get("rotting_days"), f"{where}rotting_days")
     requires = check_requires(raw.get("requires"), f"{where}requires")
+    checklist = check_checklist(raw.get("checklist"), f"{where}checklist")
     stage_id = raw.get("id") or slugify(name)
     if not isinstance(stage_id, str) or slugify(stage_id) != stage_id:
         raise InvalidPipeline(
@@ -105,7 +107,7 @@ def _check_stage(
     while stage_id in taken_ids:
         stage_id, n = f"{base}-{n}", n + 1
     taken_ids.add(stage_id)
-    return Stage(stage_id, name, probability, rotting, requires)
+    return Stage(stage_id, name, probability, rotting, requires, checklist, 1 if checklist else 0)
 
 
 def check_stages(raw_stages: Any) -> list[Stage]:
@@ -183,6 +185,7 @@ class Pipeline(Aggregate):
         allow_moving_back: bool = True,
         stale_after_days: int | None = None,
         id: UUID | None = None,  # the library's way to choose the id; not in the event
+        require_checklist_before_leaving: bool = False,
     ) -> None:
         self._fold(E.PIPELINE_DEFINED, locals())
 
@@ -200,6 +203,7 @@ class Pipeline(Aggregate):
         allow_skipping_stages: Any = True,
         allow_moving_back: Any = True,
         stale_after_days: Any = None,
+        require_checklist_before_leaving: Any = False,
         pipeline_id: UUID | None = None,
     ) -> Pipeline:
         """Check a definition and create the pipeline from it.
@@ -223,6 +227,9 @@ class Pipeline(Aggregate):
             allow_moving_back=_check_flag(allow_moving_back, "allow_moving_back"),
             stale_after_days=check_rotting_days(stale_after_days, "stale_after_days"),
             id=pipeline_id,
+            require_checklist_before_leaving=_check_flag(
+                require_checklist_before_leaving, "require_checklist_before_leaving"
+            ),
         )
 
     # --- queries used by the Deal's rules -------------------------------------------
@@ -278,6 +285,7 @@ class Pipeline(Aggregate):
         probability: Any,
         rotting_days: Any = None,
         requires: Any = None,
+        checklist: Any = None,
         index: Any = None,
         stage_id: Any = None,
         actor: str,
@@ -304,6 +312,7 @@ class Pipeline(Aggregate):
             "probability": probability,
             "rotting_days": rotting_days,
             "requires": requires,
+            "checklist": checklist,
             "id": stage_id,
         }
         stage = _check_stage(raw, index, taken, prefix="")  # fields of the request body
@@ -348,11 +357,14 @@ class Pipeline(Aggregate):
         probability: Any = UNSET,
         rotting_days: Any = UNSET,
         requires: Any = UNSET,
+        checklist: Any = UNSET,
         actor: str,
         occurred_at: datetime,
         now: datetime,
     ) -> None:
-        """Change a stage's win probability, rotting threshold or entry requirements."""
+        """Change a stage's win probability, rotting threshold, entry requirements or
+        checklist (a new checklist gets the next version; deals that entered before keep
+        the items they got)."""
         target = self.stage(stage)
         changes: dict[str, Any] = {}
         if probability is not UNSET:
@@ -361,8 +373,13 @@ class Pipeline(Aggregate):
             changes["rotting_days"] = check_rotting_days(rotting_days, "rotting_days")
         if requires is not UNSET:
             changes["requires"] = list(check_requires(requires, "requires"))
+        if checklist is not UNSET:
+            items = check_checklist(checklist, "checklist")
+            changes["checklist"] = [item.as_dict() for item in items]
         current = target.as_dict()
         changes = {k: v for k, v in changes.items() if current[k] != v}
+        if "checklist" in changes:
+            changes["checklist_version"] = target.checklist_version + 1
         if not changes:
             raise NothingToChange("the update changes nothing", field="body")
         self.check_when(occurred_at, now)
@@ -521,6 +538,7 @@ class Pipeline(Aggregate):
         allow_skipping_stages: Any = UNSET,
         allow_moving_back: Any = UNSET,
         stale_after_days: Any = UNSET,
+        require_checklist_before_leaving: Any = UNSET,
         actor: str,
         occurred_at: datetime,
         now: datetime,
@@ -534,6 +552,10 @@ class Pipeline(Aggregate):
             changes["allow_moving_back"] = _check_flag(allow_moving_back, "allow_moving_back")
         if stale_after_days is not UNSET:
             changes["stale_after_days"] = check_rotting_days(stale_after_days, "stale_after_days")
+        if require_checklist_before_leaving is not UNSET:
+            changes["require_checklist_before_leaving"] = _check_flag(
+                require_checklist_before_leaving, "require_checklist_before_leaving"
+            )
         changes = {k: v for k, v in changes.items() if getattr(self, k) != v}
         if not changes:
             raise NothingToChange("the update changes nothing", field="body")
@@ -568,6 +590,7 @@ class Pipeline(Aggregate):
             "allow_skipping_stages": self.state.allow_skipping_stages,
             "allow_moving_back": self.state.allow_moving_back,
             "stale_after_days": self.state.stale_after_days,
+            "require_checklist_before_leaving": self.state.require_checklist_before_leaving,
             "version": self.version,
             "created_at": self.state.defined_at.isoformat(),
         }

@@ -12,31 +12,57 @@ well; the read side's SQL that counts stale deals says the same rule in SQL.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
-from datetime import date, datetime
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 from uuid import UUID
 
-from libs.domain.events import NOT_ACTIVITY, EventType
+from libs.domain.events import ACTIVITY_EVENTS, NOT_ACTIVITY, EventType
 
 E = EventType
 OPEN, WON, LOST = "open", "won", "lost"
+# An activity is open, done or cancelled ("overdue" is an open one past its due time).
+DONE, CANCELLED = "done", "cancelled"
+ACTIVITY_TYPES = ("call", "meeting", "email", "task", "deadline")
 WEIGHTED_QUANTUM = Decimal("0.0001")
 
 # --- pipelines --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
+class ChecklistItem:
+    """One to-do of a stage's checklist: it becomes an open activity on every deal that
+    enters the stage, due ``due_in_days`` after the entry (no due date without)."""
+
+    title: str
+    type: str
+    due_in_days: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ChecklistItem:
+        return cls(data["title"], data["type"], data.get("due_in_days"))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"title": self.title, "type": self.type, "due_in_days": self.due_in_days}
+
+
+@dataclass(frozen=True)
 class Stage:
-    """One step of a pipeline; its id stays the same when the stage is renamed."""
+    """One step of a pipeline; its id stays the same when the stage is renamed.
+
+    ``checklist_version`` counts the changes of its checklist (0: never had one), so an
+    entry's ``ChecklistApplied`` says which version applied."""
 
     id: str
     name: str
     probability: int
     rotting_days: int | None = None
     requires: tuple[str, ...] = ()
+    checklist: tuple[ChecklistItem, ...] = ()
+    checklist_version: int = 0
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Stage:
@@ -46,11 +72,14 @@ class Stage:
             probability=data["probability"],
             rotting_days=data.get("rotting_days"),
             requires=tuple(data.get("requires") or ()),
+            checklist=tuple(ChecklistItem.from_dict(i) for i in data.get("checklist") or ()),
+            checklist_version=data.get("checklist_version") or 0,
         )
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["requires"] = list(self.requires)
+        data["checklist"] = [item.as_dict() for item in self.checklist]
         return data
 
 
@@ -70,6 +99,7 @@ class PipelineState:
     created_by: str | None
     defined_at: datetime
     last_occurred_at: datetime
+    require_checklist_before_leaving: bool = False
 
     def known_stage(self, stage_id: str) -> Stage | None:
         """A current or removed stage by id."""
@@ -106,6 +136,7 @@ class PipelineState:
             "allow_skipping_stages": self.allow_skipping_stages,
             "allow_moving_back": self.allow_moving_back,
             "stale_after_days": self.stale_after_days,
+            "require_checklist_before_leaving": self.require_checklist_before_leaving,
             "created_at": self.defined_at,
         }
 
@@ -128,6 +159,7 @@ def pipeline_after(
             created_by=p.get("actor"),
             defined_at=when,
             last_occurred_at=when,
+            require_checklist_before_leaving=p.get("require_checklist_before_leaving", False),
         )
     if state is None:
         return None
@@ -167,6 +199,223 @@ def pipeline_after(
     return replace(state, **changes, last_occurred_at=when)
 
 
+# --- activities ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityState:
+    """A call, meeting, email, task or deadline on a deal, after its events.
+
+    A checklist item is an activity that came from a stage's checklist: it names the
+    pipeline, stage and checklist version it came from."""
+
+    id: str
+    type: str
+    subject: str
+    due_at: datetime | None
+    duration_minutes: int | None
+    assignee: str
+    note: str | None
+    status: str
+    created_at: datetime
+    changed_at: datetime  # business time of its last change
+    completed_at: datetime | None = None
+    outcome: str | None = None
+    cancelled_at: datetime | None = None
+    cancel_reason: str | None = None
+    waived: bool = False
+    checklist_pipeline_id: str | None = None
+    checklist_stage_id: str | None = None
+    checklist_version: int | None = None
+
+    def is_overdue(self, now: datetime) -> bool:
+        """Open and due before ``now``."""
+        return self.status == OPEN and self.due_at is not None and self.due_at < now
+
+    def is_checklist_item_of(self, pipeline_id: UUID | str, stage_id: str) -> bool:
+        return self.checklist_stage_id == stage_id and self.checklist_pipeline_id == str(
+            pipeline_id
+        )
+
+
+# Fields an ActivityUpdated may change.
+ACTIVITY_UPDATABLE = frozenset(
+    {"type", "subject", "due_at", "duration_minutes", "assignee", "note"}
+)
+
+
+def _moment(value: Any) -> Any:
+    """A moment as the state keeps it (stored events may hold text)."""
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+def activities_after(
+    activities: Mapping[str, ActivityState], event_type: str, p: Mapping[str, Any], when: datetime
+) -> dict[str, ActivityState]:
+    """The activities one of a deal's events creates or changes, by id (none for events
+    that are not about activities, or that name an activity the deal does not have).
+
+    ``deal_after`` folds a deal's activities through this; a projection that keeps one
+    row per activity folds its rows through it too."""
+    if event_type == E.ACTIVITY_SCHEDULED:
+        new = _new_activity(
+            p["activity_id"], p["activity_type"], p["subject"], p["due_at"], p["assignee"], when
+        )
+        return {
+            new.id: replace(new, duration_minutes=p.get("duration_minutes"), note=p.get("note"))
+        }
+    if event_type == E.CHECKLIST_APPLIED:
+        made = (
+            _new_activity(
+                i["activity_id"], i["type"], i["title"], i.get("due_at"), p["assignee"], when
+            )
+            for i in p["items"]
+        )
+        return {
+            a.id: replace(
+                a,
+                checklist_pipeline_id=str(p["pipeline_id"]),
+                checklist_stage_id=p["stage_id"],
+                checklist_version=p["checklist_version"],
+            )
+            for a in made
+        }
+    if event_type == E.CHECKLIST_WAIVED:
+        return {
+            str(i): replace(
+                activities[str(i)],
+                status=CANCELLED,
+                cancelled_at=when,
+                cancel_reason=p["reason"],
+                waived=True,
+                changed_at=when,
+            )
+            for i in p["activity_ids"]
+            if str(i) in activities
+        }
+    if event_type not in ACTIVITY_EVENTS:
+        return {}
+    activity_id = str(p["activity_id"])
+    activity = activities.get(activity_id)
+    if activity is None:
+        return {}
+    if event_type == E.ACTIVITY_UPDATED:
+        changes = {
+            k: _moment(v) if k == "due_at" else v
+            for k, v in p["changes"].items()
+            if k in ACTIVITY_UPDATABLE
+        }
+        return {activity_id: replace(activity, **changes, changed_at=when)}
+    if event_type == E.ACTIVITY_COMPLETED:
+        return {
+            activity_id: replace(
+                activity, status=DONE, completed_at=when, outcome=p.get("outcome"), changed_at=when
+            )
+        }
+    # ActivityCancelled
+    return {
+        activity_id: replace(
+            activity,
+            status=CANCELLED,
+            cancelled_at=when,
+            cancel_reason=p.get("reason"),
+            changed_at=when,
+        )
+    }
+
+
+def _new_activity(
+    activity_id: Any, kind: str, subject: str, due_at: Any, assignee: str, when: datetime
+) -> ActivityState:
+    return ActivityState(
+        id=str(activity_id),
+        type=kind,
+        subject=subject,
+        due_at=_moment(due_at),
+        duration_minutes=None,
+        assignee=assignee,
+        note=None,
+        status=OPEN,
+        created_at=when,
+        changed_at=when,
+    )
+
+
+def merge_activities(
+    activities: tuple[ActivityState, ...], changed: Mapping[str, ActivityState]
+) -> tuple[ActivityState, ...]:
+    """``activities`` with the changed ones replaced and the new ones added at the end."""
+    known = {a.id for a in activities}
+    kept = tuple(changed.get(a.id, a) for a in activities)
+    return kept + tuple(a for i, a in changed.items() if i not in known)
+
+
+def activity_brief(activity: ActivityState) -> dict[str, Any]:
+    """What a deal's answer shows of its next or last completed activity (JSON-ready)."""
+    return {
+        "id": activity.id,
+        "type": activity.type,
+        "subject": activity.subject,
+        "due_at": iso(activity.due_at),
+        "assignee": activity.assignee,
+        "status": activity.status,
+        "completed_at": iso(activity.completed_at),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class ActivitySummary:
+    """A deal's activities in brief: how many are open, when the open ones are due, the
+    next one (soonest due; one without a due date only when none has one) and the last
+    completed one. Overdue is counted against a clock, at the moment of asking."""
+
+    open_count: int = 0
+    open_due: tuple[datetime, ...] = ()  # due times of the open activities, sorted
+    next: Mapping[str, Any] | None = None
+    last_completed: Mapping[str, Any] | None = None
+
+    def overdue_count(self, now: datetime) -> int:
+        return bisect_left(self.open_due, now)
+
+    def next_view(self, now: datetime) -> dict[str, Any] | None:
+        """The next activity as answers show it, with whether it is overdue at ``now``."""
+        if self.next is None:
+            return None
+        return {**self.next, "overdue": self.overdue_count(now) > 0}
+
+
+def summarize(activities: Iterable[ActivityState]) -> ActivitySummary:
+    """The :class:`ActivitySummary` of a deal's activities (the order they come in does
+    not matter: ties go to the earlier created, then the smaller id)."""
+    open_ones = [a for a in activities if a.status == OPEN]
+    done = [a for a in activities if a.status == DONE and a.completed_at is not None]
+    dated = sorted(
+        (a for a in open_ones if a.due_at is not None),
+        key=lambda a: (a.due_at, a.created_at, a.id),
+    )
+    undated = sorted((a for a in open_ones if a.due_at is None), key=lambda a: (a.created_at, a.id))
+    following = dated[0] if dated else (undated[0] if undated else None)
+    last = max(done, key=lambda a: (a.completed_at, a.created_at, a.id), default=None)
+    return ActivitySummary(
+        open_count=len(open_ones),
+        open_due=tuple(a.due_at for a in dated if a.due_at is not None),
+        next=activity_brief(following) if following else None,
+        last_completed=activity_brief(last) if last else None,
+    )
+
+
+def checklist_due(entered_at: datetime, item: ChecklistItem) -> datetime | None:
+    """When a checklist item that became an activity at ``entered_at`` is due."""
+    if item.due_in_days is None:
+        return None
+    return entered_at + timedelta(days=item.due_in_days)
+
+
+def iso(moment: Any) -> str | None:
+    """ISO 8601 text of a moment or date (None stays None)."""
+    return moment.isoformat() if moment is not None else None
+
+
 # --- deals ------------------------------------------------------------------------------
 
 
@@ -195,6 +444,8 @@ class DealState:
     last_occurred_at: datetime
     snoozed_until: datetime | None
     snooze_reason: str | None
+    # every activity the deal has had, in the order they were created
+    activities: tuple[ActivityState, ...] = field(default=())
 
 
 # Fields a DealUpdated may change.
@@ -273,6 +524,11 @@ def deal_after(
         changes["owner"] = p["to_owner"]
     elif event_type == E.DEAL_SNOOZED:
         changes.update(snoozed_until=p["until"], snooze_reason=p["reason"])
+    elif event_type in ACTIVITY_EVENTS:
+        known = {a.id: a for a in state.activities}
+        changed = activities_after(known, event_type, p, when)
+        if changed:
+            changes["activities"] = merge_activities(state.activities, changed)
     return replace(state, **changes)
 
 

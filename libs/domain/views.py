@@ -10,7 +10,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from libs.domain.state import OPEN, DealState, PipelineState, probability, staleness, weighted_value
+from libs.domain.state import (
+    OPEN,
+    ActivityState,
+    ActivitySummary,
+    DealState,
+    PipelineState,
+    iso,
+    probability,
+    staleness,
+    summarize,
+    weighted_value,
+)
 from libs.domain.values import format_money
 
 # The fields a state as of a past moment knows (the history keeps no more).
@@ -28,10 +39,6 @@ AS_OF_FIELDS = (
 )
 
 
-def _iso(moment: Any) -> str | None:
-    return moment.isoformat() if moment is not None else None
-
-
 def deal_view(
     deal_id: str,
     state: DealState,
@@ -40,9 +47,13 @@ def deal_view(
     version: int,
     now: datetime,
     updated_at: datetime | None = None,
+    activities: ActivitySummary | None = None,
 ) -> dict[str, Any]:
     """The deal as the API shows it: stage names as they are in ``pipeline``, probability
-    and weighted value, time in the current stage and staleness measured at ``now``."""
+    and weighted value, time in the current stage and staleness measured at ``now``, and
+    its activities in brief (``activities``, or the summary of ``state.activities``),
+    overdue ones counted at ``now``."""
+    summary = summarize(state.activities) if activities is None else activities
     stage_probability = pipeline.probability_of(state.stage_id) if pipeline else 0
     chance = probability(state.status, state.probability_override, stage_probability)
     stage = None
@@ -73,14 +84,14 @@ def deal_view(
         "probability": chance,
         "probability_override": state.probability_override,
         "weighted_value": format_money(weighted_value(state.value, chance)),
-        "expected_close_date": _iso(state.expected_close_date),
+        "expected_close_date": iso(state.expected_close_date),
         "external_id": state.external_id,
         "account": state.account,
         "product": state.product,
         "lost_reason": state.lost_reason,
         "lost_note": state.lost_note,
         "created_at": state.created_at.isoformat(),
-        "closed_at": _iso(state.closed_at),
+        "closed_at": iso(state.closed_at),
         "entered_current_stage_at": state.stage_entered_at.isoformat(),
         "time_in_current_stage_seconds": (
             max(0.0, (now - state.stage_entered_at).total_seconds()) if is_open else None
@@ -89,9 +100,13 @@ def deal_view(
         "stale": stale.stale,
         "stale_reasons": list(stale.reasons),
         "days_stale": round(stale.days_stale, 3),
-        "snoozed_until": _iso(state.snoozed_until),
+        "snoozed_until": iso(state.snoozed_until),
         "snooze_reason": state.snooze_reason,
-        "updated_at": _iso(updated_at),
+        "open_activities": summary.open_count,
+        "overdue_activities": summary.overdue_count(now),
+        "next_activity": summary.next_view(now),
+        "last_completed_activity": summary.last_completed,
+        "updated_at": iso(updated_at),
         "version": version,
     }
 
@@ -103,3 +118,38 @@ def deal_as_of_view(
     probabilities as the pipeline defined them then, and when that state began."""
     view = deal_view(deal_id, state, pipeline, version=0, now=since)
     return {**{k: view[k] for k in AS_OF_FIELDS}, "state_since": since.isoformat()}
+
+
+def activity_view(
+    deal_id: str, pipeline_id: str, activity: ActivityState, *, now: datetime
+) -> dict[str, Any]:
+    """An activity as every answer shows it (with its deal and the pipeline the deal is
+    in now), ``overdue`` measured at ``now``."""
+    checklist = None
+    if activity.checklist_stage_id is not None:
+        checklist = {
+            "pipeline_id": activity.checklist_pipeline_id,
+            "stage_id": activity.checklist_stage_id,
+            "version": activity.checklist_version,
+        }
+    return {
+        "id": activity.id,
+        "deal_id": deal_id,
+        "pipeline_id": pipeline_id,
+        "type": activity.type,
+        "subject": activity.subject,
+        "due_at": iso(activity.due_at),
+        "duration_minutes": activity.duration_minutes,
+        "assignee": activity.assignee,
+        "note": activity.note,
+        "status": activity.status,
+        "overdue": activity.is_overdue(now),
+        "created_at": activity.created_at.isoformat(),
+        "changed_at": activity.changed_at.isoformat(),
+        "completed_at": iso(activity.completed_at),
+        "outcome": activity.outcome,
+        "cancelled_at": iso(activity.cancelled_at),
+        "cancel_reason": activity.cancel_reason,
+        "waived": activity.waived,
+        "checklist": checklist,
+    }

@@ -26,6 +26,8 @@ from services.pipeline_api.observe import ObservedRequests
 from services.pipeline_api.query_cache import QueryCache
 from services.pipeline_api.rate_limits import RateLimiter
 from services.pipeline_api.routers import (
+    activities,
+    activity_queries,
     audit,
     board,
     deal_queries,
@@ -116,6 +118,8 @@ def create_app(settings: Settings | None = None, *, wire: Bootstrap | None = Non
     app.include_router(board.router)
     app.include_router(deals.router)
     app.include_router(deal_queries.router)
+    app.include_router(activities.router)
+    app.include_router(activity_queries.router)
     app.include_router(audit.router)
     app.include_router(reports.router)
     app.include_router(exports.router)

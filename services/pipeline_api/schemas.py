@@ -94,6 +94,25 @@ OccurredAt = Field(
 
 
 Requirement = Literal["value", "expected_close_date", "note"]
+ActivityType = Literal["call", "meeting", "email", "task", "deadline"]
+
+
+class ChecklistItemIn(_Body):
+    """One item of a stage's checklist: an open activity on every deal entering it."""
+
+    title: str = Field(max_length=200)
+    type: ActivityType = "task"
+    due_in_days: int | None = Field(
+        default=None,
+        description="Due this many days after the deal enters (0-365); none: no due date",
+    )
+
+
+Checklist = Field(
+    default=None,
+    max_length=20,
+    description="Items that become open activities on each deal entering the stage",
+)
 
 
 class StageIn(_Body):
@@ -111,6 +130,7 @@ class StageIn(_Body):
         default=None,
         description="Fields a deal must have to enter: value (> 0), expected_close_date, note",
     )
+    checklist: list[ChecklistItemIn] | None = Checklist
 
 
 class PipelineCreate(_Body):
@@ -125,6 +145,10 @@ class PipelineCreate(_Body):
     stale_after_days: int | None = Field(
         default=None, description="An open deal untouched this many days is stale"
     )
+    require_checklist_before_leaving: bool = Field(
+        default=False,
+        description="A deal leaves a stage (except when lost) only with its checklist done",
+    )
     occurred_at: Moment | None = OccurredAt
 
 
@@ -135,6 +159,7 @@ class PipelinePatch(_Body):
     allow_skipping_stages: bool | None = None
     allow_moving_back: bool | None = None
     stale_after_days: int | None = Field(default=None, description="null switches it off")
+    require_checklist_before_leaving: bool | None = None
     occurred_at: Moment | None = OccurredAt
 
 
@@ -152,6 +177,9 @@ class StagePatch(_Body):
     probability: int | None = None
     rotting_days: int | None = None
     requires: list[Requirement] | None = None
+    checklist: list[ChecklistItemIn] | None = Field(
+        default=None, max_length=20, description="A new checklist (its next version); [] clears"
+    )
     occurred_at: Moment | None = OccurredAt
 
 
@@ -169,6 +197,14 @@ class LostReasonIn(_Body):
     occurred_at: Moment | None = OccurredAt
 
 
+class ChecklistItemPublic(BaseModel):
+    """An item of a stage's checklist."""
+
+    title: str
+    type: str
+    due_in_days: int | None = None
+
+
 class StagePublic(BaseModel):
     """A stage as it is now."""
 
@@ -177,6 +213,8 @@ class StagePublic(BaseModel):
     probability: int
     rotting_days: int | None = None
     requires: list[str] = []
+    checklist: list[ChecklistItemPublic] = []
+    checklist_version: int = Field(default=0, description="Changes of its checklist so far")
 
 
 class PipelinePublic(BaseModel):
@@ -192,6 +230,7 @@ class PipelinePublic(BaseModel):
     allow_skipping_stages: bool = True
     allow_moving_back: bool = True
     stale_after_days: int | None = None
+    require_checklist_before_leaving: bool = False
     version: int
     created_at: str
     position: int | None = Field(
@@ -294,6 +333,56 @@ class DealSnooze(_Body):
     occurred_at: Moment | None = OccurredAt
 
 
+class ActivityCreate(_Body):
+    """Plan a call, meeting, email, task or deadline on a deal."""
+
+    type: ActivityType
+    subject: str = Field(max_length=200)
+    due_at: Moment
+    duration_minutes: int | None = Field(default=None, description="1 to 1440 minutes")
+    assignee: str | None = Field(
+        default=None, max_length=100, description="Defaults to the deal's owner"
+    )
+    note: str | None = Field(default=None, max_length=2000)
+    occurred_at: Moment | None = OccurredAt
+
+
+class ActivityPatch(_Body):
+    """Reschedule, reassign or edit an open activity; only fields present change."""
+
+    type: ActivityType | None = None
+    subject: str | None = Field(default=None, max_length=200)
+    due_at: Moment | None = None
+    duration_minutes: int | None = Field(default=None, description="null clears it")
+    assignee: str | None = Field(default=None, max_length=100)
+    note: str | None = Field(default=None, max_length=2000, description="null clears it")
+    occurred_at: Moment | None = OccurredAt
+
+    def changed_fields(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.model_fields_set if k != "occurred_at"}
+
+
+class ActivityComplete(_Body):
+    """Mark an activity done."""
+
+    outcome: str | None = Field(default=None, max_length=2000, description="What came of it")
+    occurred_at: Moment | None = OccurredAt
+
+
+class ActivityCancel(_Body):
+    """Cancel an activity."""
+
+    reason: str | None = Field(default=None, max_length=2000)
+    occurred_at: Moment | None = OccurredAt
+
+
+class ChecklistWaive(_Body):
+    """Waive the open checklist items of the deal's stage."""
+
+    reason: str = Field(max_length=2000)
+    occurred_at: Moment | None = OccurredAt
+
+
 class OwnerTeam(_Body):
     """An owner's team and region from ``occurred_at`` on (null leaves them unset)."""
 
@@ -307,6 +396,77 @@ class StageRef(BaseModel):
 
     id: str
     name: str
+
+
+class ActivityBrief(BaseModel):
+    """An activity in brief, as a deal's answer shows its next and last completed one."""
+
+    id: UUID
+    type: str
+    subject: str
+    due_at: str | None
+    assignee: str
+    status: str
+    completed_at: str | None
+
+
+class NextActivity(ActivityBrief):
+    """A deal's next open activity (soonest due)."""
+
+    overdue: bool = Field(description="Due before now (the service clock)")
+
+
+class ChecklistOrigin(BaseModel):
+    """Where a checklist item came from: the stage and its checklist's version."""
+
+    pipeline_id: UUID
+    stage_id: str
+    version: int
+
+
+class ActivityPublic(BaseModel):
+    """An activity on a deal."""
+
+    id: UUID
+    deal_id: UUID
+    pipeline_id: UUID
+    type: str = Field(description="call, meeting, email, task or deadline")
+    subject: str
+    due_at: str | None = Field(description="None only for a checklist item without a due date")
+    duration_minutes: int | None
+    assignee: str
+    note: str | None
+    status: str = Field(description="open, done or cancelled")
+    overdue: bool = Field(description="Open and due before now (the service clock)")
+    created_at: str
+    changed_at: str = Field(description="Business time of its last change")
+    completed_at: str | None
+    outcome: str | None
+    cancelled_at: str | None
+    cancel_reason: str | None
+    waived: bool = Field(description="Cancelled by a waiver of its stage's checklist")
+    checklist: ChecklistOrigin | None
+
+
+class ActivityCommandResponse(ActivityPublic):
+    """An activity after a command, its deal's new version and the command's position."""
+
+    deal_version: int = Field(description="The deal's version (also the ETag)")
+    position: int
+
+
+class ActivityNow(ActivityPublic):
+    """An activity from the read model, with the position it reflects."""
+
+    position: int
+
+
+class ActivitiesPage(BaseModel):
+    """A page of activities, soonest due first (those without a due date last)."""
+
+    data: list[ActivityPublic]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page")
+    position: int
 
 
 class DealPublic(BaseModel):
@@ -340,6 +500,10 @@ class DealPublic(BaseModel):
     days_stale: float
     snoozed_until: str | None = None
     snooze_reason: str | None = None
+    open_activities: int = Field(description="Activities not yet done or cancelled")
+    overdue_activities: int = Field(description="Open activities due before now")
+    next_activity: NextActivity | None
+    last_completed_activity: ActivityBrief | None
     updated_at: str | None = Field(description="When the last event was recorded")
     version: int
 
@@ -348,6 +512,12 @@ class DealCommandResponse(DealPublic):
     """A deal after a command, with the log position of the command's last event."""
 
     position: int
+
+
+class ChecklistWaived(DealCommandResponse):
+    """A deal after a waiver of its stage's checklist."""
+
+    waived: list[UUID] = Field(description="The checklist items waived (now cancelled)")
 
 
 class DealNow(DealPublic):
@@ -373,8 +543,12 @@ class DealAsOf(BaseModel):
 
 
 class DealAsOfAnswer(DealAsOf):
-    """A deal at a past moment, with the moment and the position it reflects."""
+    """A deal at a past moment, with its activities then, the moment and the position it
+    reflects."""
 
+    activities: list[ActivityPublic] = Field(
+        description="Its activities as they were then (overdue: at that moment)"
+    )
     as_of: str
     position: int
 

@@ -8,21 +8,29 @@ write the states back as rows. The conversions between states and rows live here
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import fields
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+from sqlalchemy import Boolean, Column, Integer, String
+
 from libs.application.records import EventRecord
 from libs.domain.state import (
     OPEN,
+    ActivityState,
+    ActivitySummary,
     DealState,
     PipelineState,
     Stage,
     probability,
+    summarize,
     weighted_value,
 )
+from libs.domain.times import LATEST
+from services.projections.sql import UtcDateTime
 
 # --- pipelines ------------------------------------------------------------------------------
 
@@ -42,6 +50,7 @@ def pipeline_state_of(row: Mapping[str, Any]) -> PipelineState:
         created_by=None,
         defined_at=_moment(row["created_at"]),
         last_occurred_at=_moment(row["created_at"]),
+        require_checklist_before_leaving=row.get("require_checklist_before_leaving", False),
     )
 
 
@@ -59,8 +68,9 @@ def pipeline_row(pipeline_id: str, state: PipelineState, record: EventRecord) ->
 # --- deals ------------------------------------------------------------------------------------
 
 
-def deal_state_of(row: Mapping[str, Any]) -> DealState:
-    """The state a stored deal row holds (a row written by :func:`deal_row`)."""
+def deal_state_of(row: Mapping[str, Any], activities: Iterable[ActivityState] = ()) -> DealState:
+    """The state a stored deal row holds (a row written by :func:`deal_row`), with its
+    ``activities`` (their rows are read apart; in the order they were created)."""
     close = row["expected_close_date"]
     return DealState(
         pipeline_id=UUID(row["pipeline_id"]),
@@ -83,6 +93,7 @@ def deal_state_of(row: Mapping[str, Any]) -> DealState:
         last_occurred_at=row["last_activity_at"],  # not kept; no projection reads it
         snoozed_until=row["snoozed_until"],
         snooze_reason=row["snooze_reason"],
+        activities=tuple(sorted(activities, key=lambda a: (a.created_at, a.id))),
     )
 
 
@@ -120,6 +131,7 @@ def deal_row(
         "product": state.product,
         "snoozed_until": state.snoozed_until,
         "snooze_reason": state.snooze_reason,
+        **summary_fields(state.activities),
         "version": record.version,
         "updated_at": record.recorded_at or record.when,
         "position": record.position,
@@ -182,6 +194,75 @@ def history_fields(state: DealState) -> dict[str, Any]:
         "expected_close_date": state.expected_close_date,
         "created_at": state.created_at,
     }
+
+
+# --- activities -------------------------------------------------------------------------------
+
+
+def summary_fields(activities: Iterable[ActivityState]) -> dict[str, Any]:
+    """A deal row's columns that hold its activities in brief (JSON-ready)."""
+    summary = summarize(activities)
+    return {
+        "open_activities": summary.open_count,
+        "open_due": [moment.isoformat() for moment in summary.open_due],
+        "next_activity": summary.next,
+        "last_completed_activity": summary.last_completed,
+    }
+
+
+def summary_of(row: Mapping[str, Any]) -> ActivitySummary:
+    """The :class:`ActivitySummary` a deal row holds."""
+    return ActivitySummary(
+        open_count=row["open_activities"],
+        open_due=tuple(_moment(m) for m in row["open_due"]),
+        next=row["next_activity"],
+        last_completed=row["last_completed_activity"],
+    )
+
+
+_ACTIVITY_FIELDS = tuple(f.name for f in fields(ActivityState))
+
+
+def activity_columns() -> list[Column[Any]]:
+    """The columns of an activity's state, as every table of activities holds them (the
+    rows of :func:`activity_fields`); ``activity_id`` is left to the table's key."""
+    return [
+        Column("type", String(16), nullable=False),
+        Column("subject", String(200), nullable=False),
+        Column("due_at", UtcDateTime(), nullable=True),
+        # due_at, or the end of the time window for none: the order of every listing
+        Column("due_order", UtcDateTime(), nullable=False),
+        Column("duration_minutes", Integer, nullable=True),
+        Column("assignee", String(100), nullable=False),
+        Column("note", String(2000), nullable=True),
+        Column("status", String(9), nullable=False),
+        Column("created_at", UtcDateTime(), nullable=False),
+        Column("changed_at", UtcDateTime(), nullable=False),
+        Column("completed_at", UtcDateTime(), nullable=True),
+        Column("outcome", String(2000), nullable=True),
+        Column("cancelled_at", UtcDateTime(), nullable=True),
+        Column("cancel_reason", String(2000), nullable=True),
+        Column("waived", Boolean, nullable=False),
+        Column("checklist_pipeline_id", String(36), nullable=True),
+        Column("checklist_stage_id", String(100), nullable=True),
+        Column("checklist_version", Integer, nullable=True),
+    ]
+
+
+def activity_fields(activity: ActivityState) -> dict[str, Any]:
+    """An activity's state as table columns (``activity_id`` for ``id``), and the order
+    listings use (``due_order``: due_at, or the end of the time window for none)."""
+    row = {name: getattr(activity, name) for name in _ACTIVITY_FIELDS if name != "id"}
+    row["activity_id"] = activity.id
+    row["due_order"] = activity.due_at if activity.due_at is not None else LATEST
+    return row
+
+
+def activity_state_of(row: Mapping[str, Any]) -> ActivityState:
+    """The state a stored activity row holds (a row of :func:`activity_fields`)."""
+    return ActivityState(
+        id=row["activity_id"], **{n: row[n] for n in _ACTIVITY_FIELDS if n != "id"}
+    )
 
 
 def _moment(value: Any) -> datetime:

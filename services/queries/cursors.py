@@ -14,7 +14,7 @@ from typing import Any
 from uuid import UUID
 
 from libs.domain.errors import InvalidInput
-from libs.domain.times import parse_moment
+from libs.domain.times import LATEST, parse_moment
 from services.queries.errors import QueryError
 
 # Positions are PostgreSQL bigints; anything larger cannot name an event.
@@ -59,6 +59,18 @@ def position_cursor(cursor: str | None, field: str = "cursor") -> int:
 
 def deal_cursor(cursor: str | None, field: str = "cursor") -> tuple[datetime, str] | None:
     """The (creation time, deal id) a page of deals ends at (None without a cursor)."""
+    return _moment_and_id(cursor, field, end_allowed=False)
+
+
+def activity_cursor(cursor: str | None, field: str = "cursor") -> tuple[datetime, str] | None:
+    """The (due time, activity id) a page of activities ends at (None without a cursor);
+    activities without a due date sort at the end of the time window."""
+    return _moment_and_id(cursor, field, end_allowed=True)
+
+
+def _moment_and_id(
+    cursor: str | None, field: str, *, end_allowed: bool
+) -> tuple[datetime, str] | None:
     if not cursor:
         return None
     value = decode_cursor(cursor, field)
@@ -69,13 +81,16 @@ def deal_cursor(cursor: str | None, field: str = "cursor") -> tuple[datetime, st
     ):
         raise _invalid_cursor(field)
     try:
+        if end_allowed and value[0] == LATEST.isoformat():
+            return LATEST, str(UUID(value[1]))
         return parse_moment(value[0], field), str(UUID(value[1]))
     except (InvalidInput, ValueError):
         raise _invalid_cursor(field) from None
 
 
 def deal_cursor_after(last: tuple[datetime, str] | None) -> str | None:
-    """The cursor of the page after the deal ``(created_at, deal_id)`` (None: no more)."""
+    """The cursor of the page after the deal ``(created_at, deal_id)`` (or the activity
+    ``(due_order, activity_id)``; None: no more)."""
     return encode_cursor([last[0].isoformat(), last[1]]) if last else None
 
 

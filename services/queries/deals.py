@@ -13,12 +13,18 @@ from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.domain.state import PipelineState
-from libs.domain.views import deal_as_of_view, deal_view
+from libs.domain.views import activity_view, deal_as_of_view, deal_view
 from services.projections.analytics import queries as analytics
 from services.projections.audit_history import queries as audit_history
 from services.projections.current_pipeline import queries as current_pipeline
 from services.projections.current_pipeline.queries import DealFilter
-from services.projections.folding import deal_state_of, partial_deal_state, pipeline_state_of
+from services.projections.folding import (
+    activity_state_of,
+    deal_state_of,
+    partial_deal_state,
+    pipeline_state_of,
+    summary_of,
+)
 from services.projections.read_models import ReadModels
 from services.queries.errors import QueryError
 
@@ -55,6 +61,7 @@ def live_view(row: Mapping[str, Any], pipelines: Pipelines, now: datetime) -> di
         version=row["version"],
         now=now,
         updated_at=row["updated_at"],
+        activities=summary_of(row),
     )
 
 
@@ -80,12 +87,19 @@ async def deal_page(
     limit: int,
     min_position: int | None,
     now: datetime,
+    has_next_activity: bool | None = None,
 ) -> DealPage:
-    """Deals filtered, in (creation time, id) order, the page after ``after``."""
+    """Deals filtered, in (creation time, id) order, the page after ``after``;
+    ``has_next_activity``: only open deals with (or without) an open activity."""
+    if has_next_activity is not None and status not in (None, "open"):
+        raise QueryError(
+            "has_next_activity lists open deals; leave status out or set it to open",
+            field="has_next_activity",
+        )
     async with models.open("current_pipeline", min_position) as view:
         pipelines = await pipelines_now(view.conn, view.tables)
         stage_id = resolve_stage(pipelines, pipeline_id, stage) if stage else None
-        filters = DealFilter(pipeline_id, stage_id, status, owner, updated_since)
+        filters = DealFilter(pipeline_id, stage_id, status, owner, updated_since, has_next_activity)
         rows = await current_pipeline.list_deals(view.conn, view.tables, filters, after, limit + 1)
     page = rows[:limit]
     last = (page[-1]["created_at"], page[-1]["deal_id"]) if len(rows) > limit else None
@@ -124,7 +138,8 @@ def as_of_view(row: Mapping[str, Any], pipeline: PipelineState | None) -> dict[s
 async def deal_as_of(
     models: ReadModels, deal_id: UUID, moment: datetime, min_position: int | None
 ) -> dict[str, Any]:
-    """A deal as it was at ``moment`` (stage names as they were then)."""
+    """A deal as it was at ``moment`` (stage names as they were then), with its activities
+    as they were then (``overdue`` at that moment)."""
     async with models.open("analytics", min_position) as view:
         row = await analytics.state_as_of(view.conn, view.tables, str(deal_id), moment)
         if row is None:
@@ -132,7 +147,16 @@ async def deal_as_of(
                 f"deal {deal_id} did not exist at {moment.isoformat()}", field="as_of", status=404
             )
         pipeline = await pipeline_as_of(view.conn, view.tables, row["pipeline_id"], moment)
-    return {**as_of_view(row, pipeline), "as_of": moment.isoformat(), "position": view.position}
+        activities = await analytics.activities_as_of(view.conn, view.tables, str(deal_id), moment)
+    return {
+        **as_of_view(row, pipeline),
+        "activities": [
+            activity_view(str(deal_id), row["pipeline_id"], activity_state_of(a), now=moment)
+            for a in activities
+        ],
+        "as_of": moment.isoformat(),
+        "position": view.position,
+    }
 
 
 def history_view(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -68,8 +68,16 @@ def seed(base_url: str) -> Seeded:
             elif then == "lost":
                 r = api.post(f"/v1/deals/{deal_id}/lose", json={"reason": "Price"})
                 assert r.status_code == 200, r.text
+            if then == "open":
+                r = api.post(
+                    f"/v1/deals/{deal_id}/activities",
+                    json={"type": "call", "subject": f"Call {i}", "due_at": "2026-01-01T09:00:00Z"},
+                )
+                assert r.status_code == 201, r.text
+                seeded.add("activity_id", r.json()["id"])
         for owner in ("rita", "raj", "max"):
             seeded.add("owner", owner)
+            seeded.add("assignee", owner)
     return seeded
 
 

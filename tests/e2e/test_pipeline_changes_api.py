@@ -192,6 +192,8 @@ async def test_every_pipeline_change_works_for_admins_and_managers_and_is_403_fo
         "probability": 55,
         "rotting_days": None,
         "requires": ["note"],
+        "checklist": [],
+        "checklist_version": 0,
     }
     assert [s["id"] for s in final["removed_stages"]] == ["proof", "contract"]
     assert final["lost_reasons"][-2:] == ["Went dark", "Legal"]

@@ -69,8 +69,9 @@ async def tables(engine: Any) -> dict[str, list[Any]]:
 
 
 async def answers(api: httpx.AsyncClient) -> dict[str, Any]:
-    """The board of each pipeline, now and as of a past moment, and every report (all
-    pipelines, each pipeline, and each over a period), as JSON."""
+    """The board of each pipeline, now and as of a past moment, every report (all
+    pipelines, each pipeline, and each over a period), the first overdue activities and
+    the first open deals with nothing planned, as JSON."""
     headers = auth("manager")
 
     async def get(path: str, **params: Any) -> Any:
@@ -94,6 +95,8 @@ async def answers(api: httpx.AsyncClient) -> dict[str, Any]:
     for report in REPORTS:
         if report not in ("stage-durations", "funnel"):
             out[f"{report} all pipelines"] = await get(f"/v1/reports/{report}")
+    out["activities overdue"] = await get("/v1/activities", status="overdue", limit=50)
+    out["deals without a next step"] = await get("/v1/deals", has_next_activity="false", limit=50)
     return out
 
 

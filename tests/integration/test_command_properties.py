@@ -1,9 +1,10 @@
 """Property: any sequence of commands, with any inputs, is refused or projected cleanly.
 
-Hypothesis draws sequences of commands of every kind (deals, pipeline changes, owners'
-teams) by every role, with arguments from plausible to absurd: moments from year 1 to
-9999 in any offset, amounts that are negative, huge or not numbers, text with NUL,
-control characters and lone surrogates, unknown stages and reasons. Each command either
+Hypothesis draws sequences of commands of every kind (deals, their activities and stage
+checklists, pipeline changes, owners' teams) by every role, with arguments from
+plausible to absurd: moments from year 1 to 9999 in any offset, amounts that are
+negative, huge or not numbers, text with NUL, control characters and lone surrogates,
+unknown stages, reasons and activities. Each command either
 succeeds or is refused with a :class:`DomainError`; nothing else may escape. Then every
 projection must reach the head of the log, and a rebuild from position 0 must give
 exactly the tables the incremental worker built.
@@ -32,10 +33,12 @@ from libs.domain.commands import (
     AddStage,
     AdvanceDeal,
     AssignTeam,
+    CancelActivity,
     ChangePipeline,
     ChangeStage,
     Command,
     CommandResult,
+    CompleteActivity,
     CreateDeal,
     DefinePipeline,
     LoseDeal,
@@ -43,8 +46,11 @@ from libs.domain.commands import (
     RemoveStage,
     ReopenDeal,
     RetireLostReason,
+    ScheduleActivity,
     SnoozeDeal,
+    UpdateActivity,
     UpdateDeal,
+    WaiveChecklist,
     WinDeal,
 )
 from libs.domain.errors import DomainError
@@ -65,6 +71,8 @@ ACTORS = [
     Actor("audrey", Role.AUDITOR),
 ]
 EXAMPLES = {"sqlite": 30, "postgres": 12}
+# The seeded deals of the first pipeline start with these open items.
+CHECKLIST = [{"title": "Qualify", "type": "call", "due_in_days": 1}, {"title": "Agenda"}]
 
 # --- inputs, from plausible to absurd -----------------------------------------------------
 
@@ -138,6 +146,32 @@ stage_refs = mostly(
 reasons = mostly(st.sampled_from(["Price", "Timing", "Other"]), texts)
 small_ints = mostly(st.one_of(st.integers(min_value=0, max_value=100), st.none()), st.integers())
 indexes = st.integers(min_value=0, max_value=1000)
+activity_types = mostly(
+    st.sampled_from(["call", "meeting", "email", "task", "deadline", "Call "]),
+    st.one_of(st.sampled_from(["lunch", ""]), st.text(max_size=8), st.integers()),
+)
+durations = mostly(
+    st.one_of(st.none(), st.integers(min_value=1, max_value=1440)),
+    st.one_of(st.integers(), st.booleans(), st.floats()),
+)
+due_times = st.one_of(ahead, moments.map(lambda m: ("ago", timedelta(days=3)) if m is None else m))
+checklists = mostly(
+    st.one_of(
+        st.none(),
+        st.lists(
+            st.fixed_dictionaries(
+                {"title": texts, "type": activity_types},
+                optional={"due_in_days": small_ints},
+            ),
+            max_size=4,
+        ),
+    ),
+    st.one_of(
+        st.text(max_size=5),
+        st.lists(st.dictionaries(st.text(max_size=5), texts, max_size=3), max_size=3),
+        st.lists(st.just({"title": "same"}), min_size=2, max_size=2),
+    ),
+)
 
 commands = st.one_of(
     st.tuples(
@@ -167,11 +201,29 @@ commands = st.one_of(
     st.tuples(st.just("snooze"), indexes, ahead, texts, moments),
     st.tuples(st.just("move"), indexes, indexes, stage_refs, moments),
     st.tuples(st.just("team"), st.sampled_from(["rita", "raj", "ra\x00j"]), texts, texts, moments),
-    st.tuples(st.just("add_stage"), indexes, texts, small_ints, small_ints, moments),
-    st.tuples(st.just("update_stage"), indexes, stage_refs, small_ints, small_ints, moments),
+    st.tuples(st.just("add_stage"), indexes, texts, small_ints, small_ints, checklists, moments),
+    st.tuples(
+        st.just("update_stage"), indexes, stage_refs, small_ints, small_ints, checklists, moments
+    ),
     st.tuples(st.just("remove_stage"), indexes, stage_refs, stage_refs, moments),
     st.tuples(st.just("reason"), indexes, reasons, st.booleans(), moments),
-    st.tuples(st.just("rules"), indexes, small_ints, moments),
+    st.tuples(st.just("rules"), indexes, small_ints, mostly(st.booleans(), texts), moments),
+    st.tuples(
+        st.just("schedule"),
+        indexes,
+        activity_types,
+        texts,
+        due_times,
+        durations,
+        st.sampled_from([None, "rita", "raj", " "]),
+        moments,
+    ),
+    st.tuples(
+        st.just("update_activity"), indexes, indexes, activity_types, due_times, texts, moments
+    ),
+    st.tuples(st.just("complete"), indexes, indexes, texts, moments),
+    st.tuples(st.just("cancel"), indexes, indexes, texts, moments),
+    st.tuples(st.just("waive"), indexes, texts, moments),
 )
 steps = st.lists(
     st.tuples(st.sampled_from([0, 0, 1, 1, 2, 3]), st.integers(0, 3 * 86400), commands),
@@ -235,6 +287,9 @@ def run_command(
         return
     deal = pick(deals, args[0])
     rest = args[1:]
+    if kind in ("update_activity", "complete", "cancel"):
+        run_activity_change(app, actor, deal, kind, rest, now)
+        return
     calls: dict[str, Callable[[], Any]] = {
         "advance": lambda: handle(
             app,
@@ -286,6 +341,25 @@ def run_command(
                 occurred_at=when(rest[2], now),
             ),
         ),
+        "schedule": lambda: handle(
+            app,
+            ScheduleActivity(
+                deal_id=deal,
+                actor=actor,
+                type=rest[0],
+                subject=rest[1],
+                due_at=when(rest[2], now),
+                duration_minutes=rest[3],
+                assignee=rest[4],
+                occurred_at=when(rest[5], now),
+            ),
+        ),
+        "waive": lambda: handle(
+            app,
+            WaiveChecklist(
+                deal_id=deal, actor=actor, reason=rest[0], occurred_at=when(rest[1], now)
+            ),
+        ),
         "move": lambda: handle(
             app,
             MoveDeal(
@@ -298,6 +372,34 @@ def run_command(
         ),
     }
     calls[kind]()
+
+
+def run_activity_change(
+    app: DealtrailApplication,
+    actor: Actor,
+    deal: Any,
+    kind: str,
+    args: tuple[Any, ...],
+    now: datetime,
+) -> None:
+    """An activity command on one of the deal's activities (its checklist items included),
+    or on an unknown one when it has none."""
+    try:
+        known = [a.id for a in app.get_deal(deal).activities]
+    except DomainError:
+        known = []
+    activity = known[args[0] % len(known)] if known else str(uuid.uuid4())
+    common: dict[str, Any] = {"deal_id": deal, "actor": actor, "activity_id": activity}
+    at = when(args[-1], now)
+    if kind == "update_activity":
+        command: Command[CommandResult] = UpdateActivity(
+            type=args[1], due_at=when(args[2], now), subject=args[3], occurred_at=at, **common
+        )
+    elif kind == "complete":
+        command = CompleteActivity(outcome=args[1], occurred_at=at, **common)
+    else:
+        command = CancelActivity(reason=args[1], occurred_at=at, **common)
+    handle(app, command)
 
 
 def run_pipeline_change(
@@ -327,15 +429,21 @@ def run_pipeline_change(
     common: dict[str, Any] = {"actor": actor, "pipeline_id": pipeline_id, "occurred_at": at}
     command: Command[CommandResult]
     if kind == "add_stage":
-        command = AddStage(name=args[0], probability=args[1], rotting_days=args[2], **common)
+        command = AddStage(
+            name=args[0], probability=args[1], rotting_days=args[2], checklist=args[3], **common
+        )
     elif kind == "update_stage":
-        command = ChangeStage(stage=args[0], probability=args[1], rotting_days=args[2], **common)
+        command = ChangeStage(
+            stage=args[0], probability=args[1], rotting_days=args[2], checklist=args[3], **common
+        )
     elif kind == "reason" and args[1]:
         command = AddLostReason(reason=args[0], **common)
     elif kind == "reason":
         command = RetireLostReason(reason=args[0], **common)
     else:
-        command = ChangePipeline(stale_after_days=args[0], **common)
+        command = ChangePipeline(
+            stale_after_days=args[0], require_checklist_before_leaving=args[1], **common
+        )
     handle(app, command)
 
 
@@ -350,6 +458,7 @@ async def check_history(backend: Backend, history: list[tuple[int, int, tuple[An
         try:
             app = stores.app
             template = default_template()
+            first, *rest = template["stages"]
             pipelines = [
                 handle(
                     app,
@@ -363,7 +472,7 @@ async def check_history(backend: Backend, history: list[tuple[int, int, tuple[An
                     ),
                 ).id
                 for name, currency, stages in (
-                    ("New business", "EUR", template["stages"]),
+                    ("New business", "EUR", [{**first, "checklist": CHECKLIST}, *rest]),
                     ("Partners", "EUR", [{"name": "Lead", "probability": 20}]),
                     ("Dollars", "USD", [{"name": "Offer", "probability": 50}]),
                 )

@@ -25,10 +25,14 @@ from libs.application.handlers import handle
 from libs.domain.actors import Actor, Role
 from libs.domain.commands import (
     AdvanceDeal,
+    CancelActivity,
+    CompleteActivity,
     CreateDeal,
     DefinePipeline,
     LoseDeal,
     ReopenDeal,
+    ScheduleActivity,
+    UpdateActivity,
     UpdateDeal,
     WinDeal,
 )
@@ -61,7 +65,14 @@ ACTORS = [Actor("ann", Role.ADMIN), Actor("max", Role.MANAGER)]
 OWNERS = ["rita", "raj", "sam"]
 STAGES_B = [
     {"name": "Lead", "probability": 15},
-    {"name": "Offer", "probability": 55},
+    {
+        "name": "Offer",
+        "probability": 55,
+        "checklist": [
+            {"title": "Send the offer", "type": "email", "due_in_days": 2},
+            {"title": "Call the buyer", "type": "call"},
+        ],
+    },
     {"name": "Contract", "probability": 90},
 ]
 
@@ -70,7 +81,8 @@ STAGES_B = [
 
 
 def define_pipelines(app: DealtrailApplication, when: datetime) -> list[tuple[UUID, list[str]]]:
-    """Two pipelines: the default B2B stages, and three stages of its own."""
+    """Two pipelines: the default B2B stages, and three stages of its own (one with a
+    checklist, which its pipeline does not enforce)."""
     template = default_template()
     first = handle(
         app,
@@ -108,7 +120,8 @@ def write_history(
     start: datetime = datetime(2026, 1, 1, tzinfo=UTC),
     label: str = "",
 ) -> None:
-    """``commands`` random but valid commands of every kind, with backdated occurred_at.
+    """``commands`` random but valid commands of every kind, with backdated occurred_at;
+    now and then an activity is planned, rescheduled, completed or cancelled between them.
 
     Business time moves forward one minute per command, so every deal's events are in
     order. Each deal is known only to the caller (threads may run this side by side).
@@ -118,6 +131,8 @@ def write_history(
     when = start
     for n in range(commands):
         when += timedelta(minutes=1)
+        if deals:
+            _activity_step(app, random.Random(f"{seed}:{n}"), deals, when - timedelta(seconds=30))
         actor = rng.choice(ACTORS)
         open_deals = [d for d in deals if d["status"] == "open"]
         closed = [d for d in deals if d["status"] != "open"]
@@ -198,6 +213,58 @@ def varied_history(app: DealtrailApplication, deals: int, commands: int, seed: i
     generate(app, deals=deals, seed=seed, end=DEMO_END)
     app.save(Gadget(label="unknown to every projection"))
     write_history(app, define_pipelines(app, JAN), commands, seed, label="b ")
+
+
+def _activity_step(
+    app: DealtrailApplication, rng: random.Random, deals: list[dict[str, Any]], when: datetime
+) -> None:
+    """Maybe one activity command on one of ``deals`` (their open activities are tracked
+    in ``deal["activities"]``)."""
+    open_deals = [d for d in deals if d["status"] == "open"]
+    roll = rng.random()
+    if roll < 0.6:
+        return
+    actor = rng.choice(ACTORS)
+    if roll < 0.75 and open_deals:
+        deal = rng.choice(open_deals)
+        result = handle(
+            app,
+            ScheduleActivity(
+                deal_id=deal["id"],
+                actor=actor,
+                type=rng.choice(["call", "meeting", "task"]),
+                subject=f"follow-up {rng.randrange(100)}",
+                due_at=when + timedelta(days=rng.randint(-5, 5)),
+                occurred_at=when,
+            ),
+        )
+        deal.setdefault("activities", []).append(result.id)
+        return
+    with_open = [d for d in deals if d.get("activities")]
+    if not with_open:
+        return
+    deal = rng.choice(with_open)
+    activity = rng.choice(deal["activities"])
+    if roll < 0.85 and deal["status"] == "open":
+        due = when + timedelta(days=rng.randint(1, 9))
+        change = UpdateActivity(
+            deal_id=deal["id"], actor=actor, activity_id=activity, due_at=due, occurred_at=when
+        )
+        handle(app, change)
+        return
+    if roll < 0.95:
+        handle(
+            app,
+            CompleteActivity(
+                deal_id=deal["id"], actor=actor, activity_id=activity, occurred_at=when
+            ),
+        )
+    else:
+        handle(
+            app,
+            CancelActivity(deal_id=deal["id"], actor=actor, activity_id=activity, occurred_at=when),
+        )
+    deal["activities"].remove(activity)
 
 
 # --- comparing read models table by table -----------------------------------------------

@@ -525,6 +525,8 @@ def test_a_removed_stage_is_kept_in_removed_stages_and_its_last_name_still_resol
             "probability": 50,
             "rotting_days": None,
             "requires": [],
+            "checklist": [],
+            "checklist_version": 0,
         }
     ]
     with pytest.raises(UnknownStage) as exc:

@@ -474,6 +474,8 @@ def test_as_dict_shows_the_pipeline_as_simple_types():
         "probability": 10,
         "rotting_days": None,
         "requires": [],
+        "checklist": [],
+        "checklist_version": 0,
     }
     assert data["lost_reasons"] == list(pipeline.lost_reasons)
     assert data["version"] == 1

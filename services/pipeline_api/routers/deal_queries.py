@@ -45,11 +45,16 @@ async def list_deals(
     updated_since: Annotated[
         Moment | None, Query(description="Only deals whose last event was recorded since")
     ] = None,
+    has_next_activity: Annotated[
+        bool | None,
+        Query(description="Only open deals with (true) or without (false) an open activity"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     cursor: CursorParam = None,
     min_position: MinPosition = None,
 ) -> JSONResponse:
-    """Deals filtered, in a stable order (creation time, then id), a page at a time."""
+    """Deals filtered, in a stable order (creation time, then id), a page at a time;
+    `has_next_activity=false` lists the open deals with nothing planned."""
     page = await deals.deal_page(
         models,
         pipeline_id=pipeline_id,
@@ -61,6 +66,7 @@ async def list_deals(
         limit=limit,
         min_position=min_position,
         now=runtime.clock(),
+        has_next_activity=has_next_activity,
     )
     return JSONResponse(
         {"data": page.data, "next_cursor": deal_cursor_after(page.after), "position": page.position}

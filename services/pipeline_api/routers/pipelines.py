@@ -121,15 +121,17 @@ async def get_pipeline(
 
 
 def _given(body: Any) -> dict[str, Any]:
-    """The fields the request gave (a field left out is not changed)."""
-    return {k: getattr(body, k) for k in body.model_fields_set if k != "occurred_at"}
+    """The fields the request gave (a field left out is not changed), as plain values."""
+    fields: dict[str, Any] = body.model_dump(include=body.model_fields_set - {"occurred_at"})
+    return fields
 
 
 @_change("PATCH", "/{pipeline_id}")
 async def change_pipeline(
     pipeline_id: UUID, body: PipelinePatch, send: SendChange
 ) -> dict[str, Any]:
-    """Rename the pipeline or change its rules (skipping stages, moving back, staleness)."""
+    """Rename the pipeline or change its rules (skipping stages, moving back, staleness, a
+    stage's checklist done before leaving it)."""
     fields = _given(body)
     return await send(
         ChangePipeline, pipeline_id=pipeline_id, occurred_at=body.occurred_at, **fields
@@ -147,7 +149,8 @@ async def add_stage(pipeline_id: UUID, body: StageCreate, send: SendChange) -> d
 async def change_stage(
     pipeline_id: UUID, stage_id: str, body: StagePatch, send: SendChange
 ) -> dict[str, Any]:
-    """Rename a stage, or change its win probability, rotting threshold or requirements."""
+    """Rename a stage, or change its win probability, rotting threshold, requirements or
+    checklist (deals that enter it afterwards get the new checklist)."""
     fields = {"occurred_at": body.occurred_at, **_given(body)}
     return await send(ChangeStage, pipeline_id=pipeline_id, stage=stage_id, **fields)
 

@@ -1,5 +1,6 @@
-"""``analytics``' projector: every state a deal and a pipeline passed through, with the
-moment it began and ended, plus the stage reaches, the closes and owners' memberships."""
+"""``analytics``' projector: every state a deal, an activity and a pipeline passed through,
+with the moment it began and ended, plus the stage reaches, the closes, deals' first
+responses and owners' memberships."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.application.records import EventRecord
 from libs.domain.events import (
+    ACTIVITY_EVENTS,
     CLOSES,
     DEAL_EVENTS,
     ENTERS_STAGE,
@@ -19,10 +21,19 @@ from libs.domain.events import (
     PIPELINE_EVENTS,
     EventType,
 )
-from libs.domain.state import DealState, PipelineState, deal_after, pipeline_after
+from libs.domain.state import (
+    ActivityState,
+    DealState,
+    PipelineState,
+    activities_after,
+    deal_after,
+    pipeline_after,
+)
 from services.projections.analytics import schema
 from services.projections.base import Projection
 from services.projections.folding import (
+    activity_fields,
+    activity_state_of,
     history_fields,
     partial_deal_state,
     pipeline_row,
@@ -56,10 +67,31 @@ class Analytics(Projection):
         for r in rows.mappings().all():
             current_pipelines[r["pipeline_id"]] = dict(r)
             pipelines[r["pipeline_id"]] = pipeline_state_of(r["state"])
+        activities_t, responses_t = tables["activities"], tables["responses"]
         deal_ids = list({r.key for r in records if r.event_type in DEAL_EVENTS})
         deals: dict[str, DealState] = {}
         current_deals: dict[str, dict[str, Any]] = {}
         reached: dict[tuple[str, str], set[str]] = {}
+        # each deal's activities now (their current history rows) and first responses
+        acts: dict[str, dict[str, ActivityState]] = {}
+        current_acts: dict[str, dict[str, Any]] = {}
+        responses: dict[str, dict[str, Any]] = {}
+        with_activities = list({r.key for r in records if r.event_type in ACTIVITY_EVENTS})
+        for i in range(0, len(with_activities), 500):
+            chunk = with_activities[i : i + 500]
+            rows = await conn.execute(
+                select(activities_t).where(
+                    activities_t.c.deal_id.in_(chunk), activities_t.c.valid_to.is_(None)
+                )
+            )
+            for r in rows.mappings().all():
+                stored = dict(r)
+                current_acts[stored["activity_id"]] = stored
+                acts.setdefault(stored["deal_id"], {})[stored["activity_id"]] = activity_state_of(
+                    stored
+                )
+            rows = await conn.execute(select(responses_t).where(responses_t.c.deal_id.in_(chunk)))
+            responses.update({r["deal_id"]: dict(r) for r in rows.mappings().all()})
         for i in range(0, len(deal_ids), 500):
             chunk = deal_ids[i : i + 500]
             rows = await conn.execute(
@@ -80,6 +112,9 @@ class Analytics(Projection):
 
         history_rows: dict[Key, dict[str, Any]] = {}
         closed_rows: list[tuple[str, int, datetime]] = []  # rows already stored, now ended
+        activity_rows: dict[Key, dict[str, Any]] = {}
+        closed_activities: list[tuple[str, int, datetime]] = []
+        new_responses: dict[str, dict[str, Any]] = {}
         pipeline_rows: dict[Key, dict[str, Any]] = {}
         closed_pipelines: list[tuple[str, int, datetime]] = []
         reach_rows: list[dict[str, Any]] = []
@@ -155,6 +190,37 @@ class Analytics(Projection):
                         "region": p.get("region"),
                     }
                 )
+            elif kind in ACTIVITY_EVENTS:
+                deal_id = rec.key
+                known = acts.setdefault(deal_id, {})
+                for activity_id, activity in activities_after(known, kind, p, when).items():
+                    end_previous(
+                        current_acts.get(activity_id),
+                        "activity_id",
+                        activity_rows,
+                        closed_activities,
+                        when,
+                    )
+                    known[activity_id] = activity
+                    arow = {
+                        **activity_fields(activity),
+                        "deal_id": deal_id,
+                        "position": rec.position,
+                        "valid_from": when,
+                        "valid_to": None,
+                    }
+                    current_acts[activity_id] = arow
+                    activity_rows[(activity_id, rec.position)] = arow
+                    response = responses.get(deal_id)
+                    if (
+                        kind == EventType.ACTIVITY_COMPLETED
+                        and response is not None
+                        and response["responded_at"] is None
+                    ):
+                        response.update(
+                            responded_at=when, activity_id=activity_id, position=rec.position
+                        )
+                        new_responses[deal_id] = response
             elif kind in DEAL_EVENTS:
                 deal_id = rec.key
                 state = deal_after(deals.get(deal_id), kind, p, when)
@@ -171,6 +237,16 @@ class Analytics(Projection):
                 }
                 current_deals[deal_id] = row
                 history_rows[(deal_id, rec.position)] = row
+                if kind == EventType.DEAL_CREATED:
+                    responses[deal_id] = new_responses[deal_id] = {
+                        "deal_id": deal_id,
+                        "pipeline_id": row["pipeline_id"],
+                        "owner": state.owner,
+                        "created_at": when,
+                        "responded_at": None,
+                        "activity_id": None,
+                        "position": rec.position,
+                    }
                 if kind in ENTERS_STAGE:
                     reach(deal_id, row["pipeline_id"], state.stage_id, state.owner, rec)
                 elif kind in CLOSES:
@@ -192,6 +268,7 @@ class Analytics(Projection):
         for table, key, ended in (
             (history_t, "deal_id", closed_rows),
             (pipelines_t, "pipeline_id", closed_pipelines),
+            (activities_t, "activity_id", closed_activities),
         ):
             await bulk_update(
                 conn,
@@ -205,9 +282,11 @@ class Analytics(Projection):
             (pipelines_t, list(pipeline_rows.values())),
             (tables["outcomes"], outcome_rows),
             (tables["memberships"], membership_rows),
+            (activities_t, list(activity_rows.values())),
         ):
             await bulk_insert(conn, table, batch)
         await bulk_upsert(conn, reach_t, ["deal_id", "pipeline_id", "stage_id"], reach_rows)
+        await bulk_upsert(conn, responses_t, ["deal_id"], list(new_responses.values()))
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:

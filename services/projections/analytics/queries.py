@@ -75,6 +75,25 @@ async def pipeline_as_of(
     return dict(row[0]) if row else None
 
 
+async def activities_as_of(
+    conn: AsyncConnection, tables: dict[str, Table], deal_id: str, moment: datetime
+) -> list[dict[str, Any]]:
+    """The deal's activities as they were at ``moment`` (those created by then), in the
+    order they were created."""
+    a = tables["activities"]
+    query = select(a).where(
+        a.c.deal_id == deal_id,
+        a.c.valid_from <= moment,
+        (a.c.valid_to.is_(None)) | (a.c.valid_to > moment),
+    )
+    latest: dict[str, dict[str, Any]] = {}
+    for r in (await conn.execute(query)).mappings().all():
+        kept = latest.get(r["activity_id"])
+        if kept is None or r["position"] > kept["position"]:
+            latest[r["activity_id"]] = dict(r)
+    return sorted(latest.values(), key=lambda r: (r["created_at"], r["activity_id"]))
+
+
 async def open_deals_as_of(
     conn: AsyncConnection, tables: dict[str, Table], pipeline_id: str, moment: datetime
 ) -> list[dict[str, Any]]:

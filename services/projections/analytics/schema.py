@@ -8,13 +8,19 @@
   second); moving back reaches nothing new;
 - ``analytics_outcomes``: one row per win or loss, with the deal's owner, value, stage
   and creation time at that moment;
-- ``analytics_memberships``: each owner's team and region from a moment on.
+- ``analytics_memberships``: each owner's team and region from a moment on;
+- ``analytics_activities``: each activity's state after each of its events, valid from
+  that event's ``occurred_at`` until the next change (a deal's activities as of any
+  moment); activity events add no row to the deal's own history, which they do not change;
+- ``analytics_responses``: per deal, its creation, owner then, and its first completed
+  activity (the response-time report).
 """
 
 from __future__ import annotations
 
 from sqlalchemy import JSON, Column, Date, Index, Integer, MetaData, String, Table
 
+from services.projections.folding import activity_columns
 from services.projections.sql import Money, UtcDateTime
 
 
@@ -84,10 +90,35 @@ def define(metadata: MetaData, suffix: str) -> dict[str, Table]:
         Column("team", String(100), nullable=True),
         Column("region", String(100), nullable=True),
     )
+    activities = Table(
+        f"analytics_activities{suffix}",
+        metadata,
+        Column("activity_id", String(36), primary_key=True),
+        Column("position", Integer, primary_key=True, autoincrement=False),
+        Column("deal_id", String(36), nullable=False),
+        Column("valid_from", UtcDateTime(), nullable=False),
+        Column("valid_to", UtcDateTime(), nullable=True),
+        *activity_columns(),
+    )
+    Index(f"ix_aa{suffix}_deal", activities.c.deal_id, activities.c.valid_to)
+    responses = Table(
+        f"analytics_responses{suffix}",
+        metadata,
+        Column("deal_id", String(36), primary_key=True),
+        Column("pipeline_id", String(36), nullable=False),
+        Column("owner", String(100), nullable=False),
+        Column("created_at", UtcDateTime(), nullable=False),
+        Column("responded_at", UtcDateTime(), nullable=True),
+        Column("activity_id", String(36), nullable=True),
+        Column("position", Integer, nullable=False),
+    )
+    Index(f"ix_arsp{suffix}_created", responses.c.created_at)
     return {
         "history": history,
         "pipelines": pipelines,
         "reach": reach,
         "outcomes": outcomes,
         "memberships": memberships,
+        "activities": activities,
+        "responses": responses,
     }

@@ -3,7 +3,7 @@ changed from what to what."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import MetaData, Table
@@ -92,6 +92,8 @@ def changes_of(record: EventRecord) -> dict[str, dict[str, Any]]:
             "snoozed_until": _change(None, p["until"]),
             "snooze_reason": _change(None, p["reason"]),
         }
+    if kind in ACTIVITY_CHANGES:
+        return ACTIVITY_CHANGES[kind](p)
     if kind == E.STAGE_ADDED:
         return {f"stages[{p['stage']['id']}]": _change(None, p["stage"])}
     if kind == E.STAGE_RENAMED:
@@ -122,6 +124,71 @@ def changes_of(record: EventRecord) -> dict[str, dict[str, Any]]:
             "region": _change(p.get("previous_region"), p.get("region")),
         }
     return {k: _change(None, v) for k, v in p.items() if k != "originator_topic"}
+
+
+def _activity(activity_id: Any, field: str = "") -> str:
+    return f"activities[{activity_id}]{'.' + field if field else ''}"
+
+
+def _scheduled(p: Any) -> dict[str, dict[str, Any]]:
+    fields = ("subject", "due_at", "duration_minutes", "assignee", "note")
+    return {
+        _activity(p["activity_id"]): _change(
+            None, {"type": p["activity_type"], **{f: p.get(f) for f in fields}}
+        )
+    }
+
+
+def _checklist_applied(p: Any) -> dict[str, dict[str, Any]]:
+    out = {
+        "checklist": _change(
+            None,
+            {
+                "stage_id": p["stage_id"],
+                "stage": p["stage_name"],
+                "version": p["checklist_version"],
+            },
+        )
+    }
+    for item in p["items"]:
+        out[_activity(item["activity_id"])] = _change(
+            None,
+            {"type": item["type"], "subject": item["title"], "due_at": item.get("due_at")},
+        )
+    return out
+
+
+def _waived(p: Any) -> dict[str, dict[str, Any]]:
+    out = {_activity(i, "status"): _change("open", "cancelled") for i in p["activity_ids"]}
+    out["waiver_reason"] = _change(None, p["reason"])
+    return out
+
+
+Changes = dict[str, dict[str, Any]]
+
+
+def _closed(status: str, note: str) -> Callable[[Any], Changes]:
+    def changes(p: Any) -> Changes:
+        out = {_activity(p["activity_id"], "status"): _change("open", status)}
+        if p.get(note):
+            out[_activity(p["activity_id"], note)] = _change(None, p[note])
+        return out
+
+    return changes
+
+
+# How each activity event shows its changes (stage names as at the time of the event).
+ACTIVITY_CHANGES: dict[str, Callable[[Any], Changes]] = {
+    E.ACTIVITY_SCHEDULED: _scheduled,
+    E.ACTIVITY_UPDATED: lambda p: {
+        _activity(p["activity_id"], k): _change(p["previous"].get(k), v)
+        for k, v in p["changes"].items()
+    },
+    E.ACTIVITY_COMPLETED: _closed("done", "outcome"),
+    E.ACTIVITY_CANCELLED: _closed("cancelled", "reason"),
+    E.CHECKLIST_APPLIED: _checklist_applied,
+    E.CHECKLIST_WAIVED: _waived,
+}
 
 
 class AuditHistory(Projection):

@@ -11,12 +11,27 @@ from sqlalchemy import MetaData, Table, delete, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.application.records import EventRecord
-from libs.domain.events import DEAL_EVENTS, OWNER_EVENTS, PIPELINE_EVENTS, EventType
-from libs.domain.state import OPEN, DealState, PipelineState, deal_after, pipeline_after
+from libs.domain.events import (
+    ACTIVITY_EVENTS,
+    DEAL_EVENTS,
+    OWNER_EVENTS,
+    PIPELINE_EVENTS,
+    EventType,
+)
+from libs.domain.state import (
+    OPEN,
+    ActivityState,
+    DealState,
+    PipelineState,
+    deal_after,
+    pipeline_after,
+)
 from libs.domain.state import weighted_value as weighted
 from services.projections.base import Projection
 from services.projections.current_pipeline import schema
 from services.projections.folding import (
+    activity_fields,
+    activity_state_of,
     deal_chance,
     deal_row,
     deal_state_of,
@@ -30,7 +45,8 @@ Contribution = tuple[tuple[str, str], tuple[int, Decimal, Decimal]] | None
 
 
 class CurrentPipeline(Projection):
-    """Deals as they are now, and per pipeline stage the count and value of open deals."""
+    """Deals and their activities as they are now, and per pipeline stage the count and
+    value of open deals."""
 
     name = "current_pipeline"
     handles = DEAL_EVENTS | PIPELINE_EVENTS
@@ -43,6 +59,7 @@ class CurrentPipeline(Projection):
         self, conn: AsyncConnection, tables: dict[str, Table], records: Sequence[EventRecord]
     ) -> None:
         deals_t, pipelines_t = tables["deals"], tables["pipelines"]
+        activities_t = tables["activities"]
 
         pipeline_rows = {
             r["pipeline_id"]: dict(r)
@@ -51,10 +68,20 @@ class CurrentPipeline(Projection):
         pipelines = {pid: pipeline_state_of(row) for pid, row in pipeline_rows.items()}
         deal_ids = list({r.key for r in records if r.event_type in DEAL_EVENTS})
         rows: dict[str, dict[str, Any]] = {}
+        stored: dict[str, list[ActivityState]] = defaultdict(list)
+        activity_rows: dict[str, dict[str, Any]] = {}  # stored rows, then the changed ones
         for chunk in _chunks(deal_ids, 500):
             result = await conn.execute(select(deals_t).where(deals_t.c.deal_id.in_(chunk)))
             rows.update({r["deal_id"]: dict(r) for r in result.mappings().all()})
-        deals: dict[str, DealState] = {d: deal_state_of(row) for d, row in rows.items()}
+            result = await conn.execute(
+                select(activities_t).where(activities_t.c.deal_id.in_(chunk))
+            )
+            for r in result.mappings().all():
+                row = dict(r)
+                activity_rows[row["activity_id"]] = row
+                stored[row["deal_id"]].append(activity_state_of(row))
+        deals: dict[str, DealState] = {d: deal_state_of(row, stored[d]) for d, row in rows.items()}
+        positions: dict[str, int] = {}  # activity -> position of its last change
 
         before = {deal_id: _contribution(row) for deal_id, row in rows.items()}
         touched_deals: set[str] = set()
@@ -82,6 +109,12 @@ class CurrentPipeline(Projection):
                 after = deal_after(deals.get(deal_id), kind, record.payload, record.when)
                 if after is None:
                     continue  # an event of a deal whose creation this projection never saw
+                if kind in ACTIVITY_EVENTS:
+                    earlier = deals[deal_id].activities if deal_id in deals else ()
+                    unchanged = {id(a) for a in earlier}
+                    for activity in after.activities:
+                        if id(activity) not in unchanged:
+                            positions[activity.id] = record.position
                 deals[deal_id] = after
                 rows[deal_id] = deal_row(
                     deal_id, after, pipelines.get(str(after.pipeline_id)), record
@@ -105,6 +138,12 @@ class CurrentPipeline(Projection):
             conn, pipelines_t, ["pipeline_id"], [pipeline_rows[p] for p in touched_pipelines]
         )
         await bulk_upsert(conn, deals_t, ["deal_id"], [rows[d] for d in touched_deals])
+        await bulk_upsert(
+            conn,
+            activities_t,
+            ["activity_id"],
+            _changed_activities(touched_deals, deals, activity_rows, positions),
+        )
         if deltas:
             await self._apply_totals(conn, tables["totals"], deltas)
 
@@ -177,6 +216,31 @@ class CurrentPipeline(Projection):
                 )
             )
         await bulk_upsert(conn, totals_t, ["pipeline_id", "stage_id"], out)
+
+
+def _changed_activities(
+    touched: set[str],
+    deals: dict[str, DealState],
+    stored: dict[str, dict[str, Any]],
+    positions: dict[str, int],
+) -> list[dict[str, Any]]:
+    """The rows of the touched deals' activities that differ from what is stored (each at
+    the position of its own last change; a deal that moved takes its activities' pipeline
+    along)."""
+    out = []
+    for deal_id in touched:
+        deal = deals[deal_id]
+        for activity in deal.activities:
+            before = stored.get(activity.id)
+            row = {
+                **activity_fields(activity),
+                "deal_id": deal_id,
+                "pipeline_id": str(deal.pipeline_id),
+                "position": positions.get(activity.id, before["position"] if before else 0),
+            }
+            if row != before:
+                out.append(row)
+    return out
 
 
 def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:

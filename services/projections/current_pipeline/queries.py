@@ -1,4 +1,5 @@
-"""Reading ``current_pipeline``: deals now, pipelines now, open totals and first pages."""
+"""Reading ``current_pipeline``: deals and activities now, pipelines now, open totals and
+first pages."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Integer, Table, and_, bindparam, or_, select, union_all
+from sqlalchemy import (
+    Integer,
+    Table,
+    and_,
+    bindparam,
+    or_,
+    select,
+    union_all,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.expression import Executable
 
@@ -23,6 +32,8 @@ class DealFilter:
     status: str | None = None
     owner: str | None = None
     updated_since: datetime | None = None
+    # open deals with (True) or without (False) an open activity
+    has_next_activity: bool | None = None
 
 
 def deal_order(deals: Table) -> list[Any]:
@@ -41,6 +52,10 @@ def deal_filter_clause(deals: Table, f: DealFilter) -> list[Any]:
         clauses.append(deals.c.owner == f.owner)
     if f.updated_since is not None:
         clauses.append(deals.c.updated_at >= f.updated_since)
+    if f.has_next_activity is not None:
+        clauses.append(deals.c.status == "open")
+        planned = deals.c.open_activities > 0
+        clauses.append(planned if f.has_next_activity else ~planned)
     return clauses
 
 
@@ -145,3 +160,65 @@ def _first_pages_query(deals: Table, stages: int) -> Executable:
     ]
     selects = [select(*branch.c) for branch in branches]
     return union_all(*selects) if len(selects) > 1 else selects[0]
+
+
+# --- activities -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActivityFilter:
+    """Filters of ``GET /v1/activities``; None means "any". ``status`` is open, done,
+    cancelled or overdue (open and due before ``now``); ``due_after`` is inclusive,
+    ``due_before`` exclusive (an activity without a due date matches neither)."""
+
+    deal_id: str | None = None
+    assignee: str | None = None
+    type: str | None = None
+    status: str | None = None
+    due_before: datetime | None = None
+    due_after: datetime | None = None
+    now: datetime | None = None
+    activity_id: str | None = None
+
+
+def activity_filter_clause(activities: Table, f: ActivityFilter) -> list[Any]:
+    a = activities.c
+    clauses: list[Any] = []
+    if f.deal_id is not None:
+        clauses.append(a.deal_id == f.deal_id)
+    if f.activity_id is not None:
+        clauses.append(a.activity_id == f.activity_id)
+    if f.assignee is not None:
+        clauses.append(a.assignee == f.assignee)
+    if f.type is not None:
+        clauses.append(a.type == f.type)
+    if f.status == "overdue":
+        assert f.now is not None, "overdue is measured against a clock"
+        clauses += [a.status == "open", a.due_at < f.now]
+    elif f.status is not None:
+        clauses.append(a.status == f.status)
+    if f.due_before is not None:
+        clauses.append(a.due_at < f.due_before)
+    if f.due_after is not None:
+        clauses.append(a.due_at >= f.due_after)
+    return clauses
+
+
+async def list_activities(
+    conn: AsyncConnection,
+    tables: dict[str, Table],
+    f: ActivityFilter,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """One page of activities in (due time, id) order (those without a due date last),
+    after the cursor's row."""
+    a = tables["activities"]
+    clauses = activity_filter_clause(a, f)
+    if after is not None:
+        due, activity_id = after
+        clauses.append(
+            or_(a.c.due_order > due, and_(a.c.due_order == due, a.c.activity_id > activity_id))
+        )
+    query = select(a).where(*clauses).order_by(a.c.due_order, a.c.activity_id).limit(limit)
+    return [dict(r) for r in (await conn.execute(query)).mappings().all()]

@@ -1,14 +1,17 @@
-"""``current_pipeline``'s tables: one row per deal and per pipeline, open totals per stage."""
+"""``current_pipeline``'s tables: one row per deal, activity and pipeline, open totals per
+stage."""
 
 from __future__ import annotations
 
 from sqlalchemy import JSON, Boolean, Column, Date, Index, Integer, MetaData, String, Table
 
+from services.projections.folding import activity_columns
 from services.projections.sql import Money, UtcDateTime
 
 
 def define(metadata: MetaData, suffix: str) -> dict[str, Table]:
-    """The tables, named with ``suffix`` (the generation): deals, pipelines, stage totals."""
+    """The tables, named with ``suffix`` (the generation): deals, activities, pipelines,
+    stage totals."""
     deals = Table(
         f"current_pipeline_deals{suffix}",
         metadata,
@@ -34,6 +37,12 @@ def define(metadata: MetaData, suffix: str) -> dict[str, Table]:
         Column("product", String(100), nullable=True),
         Column("snoozed_until", UtcDateTime(), nullable=True),
         Column("snooze_reason", String(2000), nullable=True),
+        # its activities in brief: how many are open, when those are due (sorted), the
+        # next one and the last completed one (overdue is counted when asked)
+        Column("open_activities", Integer, nullable=False),
+        Column("open_due", JSON, nullable=False),
+        Column("next_activity", JSON, nullable=True),
+        Column("last_completed_activity", JSON, nullable=True),
         Column("version", Integer, nullable=False),
         Column("updated_at", UtcDateTime(), nullable=False),
         Column("position", Integer, nullable=False),
@@ -55,6 +64,30 @@ def define(metadata: MetaData, suffix: str) -> dict[str, Table]:
     )
     Index(f"ix_cpd{suffix}_owner", deals.c.owner, deals.c.created_at, deals.c.deal_id)
     Index(f"ix_cpd{suffix}_updated", deals.c.updated_at)
+    activities = Table(
+        f"current_pipeline_activities{suffix}",
+        metadata,
+        Column("activity_id", String(36), primary_key=True),
+        Column("deal_id", String(36), nullable=False),
+        Column("pipeline_id", String(36), nullable=False),  # the deal's, now
+        *activity_columns(),
+        Column("position", Integer, nullable=False),
+    )
+    Index(f"ix_cpa{suffix}_deal", activities.c.deal_id, activities.c.due_order)
+    Index(f"ix_cpa{suffix}_order", activities.c.due_order, activities.c.activity_id)
+    Index(
+        f"ix_cpa{suffix}_assignee",
+        activities.c.assignee,
+        activities.c.status,
+        activities.c.due_order,
+        activities.c.activity_id,
+    )
+    Index(
+        f"ix_cpa{suffix}_status",
+        activities.c.status,
+        activities.c.due_order,
+        activities.c.activity_id,
+    )
     pipelines = Table(
         f"current_pipeline_pipelines{suffix}",
         metadata,
@@ -68,6 +101,7 @@ def define(metadata: MetaData, suffix: str) -> dict[str, Table]:
         Column("allow_skipping_stages", Boolean, nullable=False),
         Column("allow_moving_back", Boolean, nullable=False),
         Column("stale_after_days", Integer, nullable=True),
+        Column("require_checklist_before_leaving", Boolean, nullable=False),
         Column("version", Integer, nullable=False),
         Column("created_at", UtcDateTime(), nullable=False),
         Column("updated_at", UtcDateTime(), nullable=False),
@@ -82,4 +116,4 @@ def define(metadata: MetaData, suffix: str) -> dict[str, Table]:
         Column("open_value", Money(), nullable=False),
         Column("weighted_value", Money(), nullable=False),
     )
-    return {"deals": deals, "pipelines": pipelines, "totals": totals}
+    return {"deals": deals, "activities": activities, "pipelines": pipelines, "totals": totals}

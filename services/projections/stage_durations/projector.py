@@ -10,7 +10,14 @@ from sqlalchemy import MetaData, Table, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.application.records import EventRecord
-from libs.domain.events import CLOSES, DEAL_EVENTS, OWNER_EVENTS, PIPELINE_EVENTS, EventType
+from libs.domain.events import (
+    ACTIVITY_EVENTS,
+    CLOSES,
+    DEAL_EVENTS,
+    OWNER_EVENTS,
+    PIPELINE_EVENTS,
+    EventType,
+)
 from services.projections.base import Projection
 from services.projections.sql import bulk_upsert
 from services.projections.stage_durations import schema
@@ -23,8 +30,8 @@ class StageDurations(Projection):
     """Each visit of a deal to a stage: when it entered, when and how it left."""
 
     name = "stage_durations"
-    handles = DEAL_EVENTS
-    ignores = PIPELINE_EVENTS | OWNER_EVENTS
+    handles = DEAL_EVENTS - ACTIVITY_EVENTS
+    ignores = PIPELINE_EVENTS | OWNER_EVENTS | ACTIVITY_EVENTS
 
     def define(self, metadata: MetaData, suffix: str) -> dict[str, Table]:
         return schema.define(metadata, suffix)
