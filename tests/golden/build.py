@@ -34,6 +34,8 @@ REPORTS = (
     "velocity",
     "owners",
     "stale-deals",
+    "activities",
+    "response-time",
 )
 PERIOD = {"from": "2026-01-01T00:00:00Z", "to": "2026-04-01T00:00:00Z"}
 

@@ -524,3 +524,63 @@ async def funnel_counts(
         }
         for sid, k in ranks.items()
     }
+
+
+@dataclass(frozen=True)
+class ResponseFilter:
+    """The deals the response-time report counts: created in the period, in the pipeline,
+    by the owner (at creation), in the team (at creation)."""
+
+    pipeline_id: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    owner: str | None = None
+    team: str | None = None
+
+
+async def response_times(
+    conn: AsyncConnection, tables: dict[str, Table], f: ResponseFilter
+) -> list[dict[str, Any]]:
+    """Per (owner at creation, team then): ``deals`` created, how many have had an
+    activity completed (``responded``), and ``micros``, each one's time from creation to
+    its first completed activity in microseconds (in no particular order)."""
+    r = tables["responses"]
+    dialect = conn.dialect.name
+    spans = membership_spans(tables)
+    source = r.outerjoin(spans, membership_join(spans, r.c.owner, r.c.created_at))
+    clauses: list[Any] = []
+    if f.pipeline_id is not None:
+        clauses.append(r.c.pipeline_id == f.pipeline_id)
+    if f.start is not None:
+        clauses.append(r.c.created_at >= f.start)
+    if f.end is not None:
+        clauses.append(r.c.created_at < f.end)
+    if f.owner is not None:
+        clauses.append(r.c.owner == f.owner)
+    if f.team is not None:
+        clauses.append(spans.c.team == f.team)
+    responded = r.c.responded_at.is_not(None)
+    micros = case((responded, micros_between(r.c.created_at, r.c.responded_at, dialect)))
+    keys = (r.c.owner, spans.c.team.label("team"))
+    query = (
+        select(
+            *keys,
+            func.count().label("deals"),
+            count_if(responded).label("responded"),
+            int_list_agg(micros, dialect).label("micros"),
+        )
+        .select_from(source)
+        .where(*clauses)
+        .group_by(*keys)
+    )
+    rows = (await conn.execute(query)).mappings().all()
+    return [
+        {
+            "owner": row["owner"],
+            "team": row["team"],
+            "deals": int(row["deals"]),
+            "responded": int(row["responded"]),
+            "micros": int_list(row["micros"]),
+        }
+        for row in rows
+    ]

@@ -1,5 +1,5 @@
 """Reading ``current_pipeline``: deals and activities now, pipelines now, open totals and
-first pages."""
+first pages, and the activity counts behind the reports."""
 
 from __future__ import annotations
 
@@ -15,12 +15,16 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    false,
+    func,
     or_,
     select,
     union_all,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.expression import Executable
+
+from services.projections.sql import count_if
 
 
 @dataclass(frozen=True)
@@ -222,3 +226,79 @@ async def list_activities(
         )
     query = select(a).where(*clauses).order_by(a.c.due_order, a.c.activity_id).limit(limit)
     return [dict(r) for r in (await conn.execute(query)).mappings().all()]
+
+
+@dataclass(frozen=True)
+class ActivityCountFilter:
+    """The activities a report counts: by their deal's pipeline now, by assignee (one, or
+    any of ``assignees``), and by a period on ``column``."""
+
+    pipeline_id: str | None = None
+    assignee: str | None = None
+    assignees: list[str] | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+def _count_clauses(a: Any, f: ActivityCountFilter, when: Any) -> list[Any]:
+    clauses: list[Any] = []
+    if f.pipeline_id is not None:
+        clauses.append(a.pipeline_id == f.pipeline_id)
+    if f.assignee is not None:
+        clauses.append(a.assignee == f.assignee)
+    if f.assignees is not None:
+        clauses.append(a.assignee.in_(f.assignees) if f.assignees else false())
+    if f.start is not None:
+        clauses.append(when >= f.start)
+    if f.end is not None:
+        clauses.append(when < f.end)
+    return clauses
+
+
+async def activity_counts(
+    conn: AsyncConnection, tables: dict[str, Table], f: ActivityCountFilter, now: datetime
+) -> list[dict[str, Any]]:
+    """Per (assignee, type), the activities planned in the period (due in it; undated
+    ones: created in it): ``planned``, ``done``, ``cancelled``, ``overdue`` (open and due
+    before ``now``) and ``open`` (the other open ones)."""
+    a = tables["activities"].c
+    when = func.coalesce(a.due_at, a.created_at)
+    overdue = and_(a.status == "open", a.due_at < now)
+    query = (
+        select(
+            a.assignee,
+            a.type,
+            func.count().label("planned"),
+            count_if(a.status == "done").label("done"),
+            count_if(a.status == "cancelled").label("cancelled"),
+            count_if(overdue).label("overdue"),
+        )
+        .where(*_count_clauses(a, f, when))
+        .group_by(a.assignee, a.type)
+    )
+    rows = (await conn.execute(query)).mappings().all()
+    return [
+        {
+            **{k: r[k] for k in ("assignee", "type")},
+            **{k: int(r[k]) for k in ("planned", "done", "cancelled", "overdue")},
+        }
+        for r in rows
+    ]
+
+
+async def activity_work(
+    conn: AsyncConnection, tables: dict[str, Table], f: ActivityCountFilter, now: datetime
+) -> dict[str, dict[str, int]]:
+    """Per assignee: ``completed`` (activities completed in the period) and ``overdue``
+    (open and due before ``now``, whatever the period)."""
+    a = tables["activities"].c
+    unbounded = ActivityCountFilter(f.pipeline_id, f.assignee, f.assignees)
+    out: dict[str, dict[str, int]] = {}
+    for name, clauses in (
+        ("completed", [a.status == "done", *_count_clauses(a, f, a.completed_at)]),
+        ("overdue", [a.status == "open", a.due_at < now, *_count_clauses(a, unbounded, None)]),
+    ):
+        query = select(a.assignee, func.count()).where(*clauses).group_by(a.assignee)
+        for assignee, n in (await conn.execute(query)).all():
+            out.setdefault(assignee, {"completed": 0, "overdue": 0})[name] = int(n)
+    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services.queries.reports import ReportFn
+from services.queries.reports.activities import activities, response_time
 from services.queries.reports.closes import cycle_time, lost_reasons, velocity, win_rate
 from services.queries.reports.durations import stage_durations_report
 from services.queries.reports.forecast import forecast
@@ -23,4 +24,6 @@ REPORTS: dict[str, ReportFn] = {
     "owners": owners,
     "stale-deals": stale_deals,
     "stage-durations": stage_durations_report,
+    "activities": activities,
+    "response-time": response_time,
 }

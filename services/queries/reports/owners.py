@@ -8,9 +8,16 @@ from typing import Any
 from sqlalchemy import func, select
 
 from services.projections.analytics import queries as analytics
+from services.projections.current_pipeline import queries as current_pipeline
 from services.projections.sql import micros_to_days
 from services.queries.reports import Report, ReportContext, ReportParams, day_stats, ratio
-from services.queries.reports.common import close_filter, currencies, open_deal_totals
+from services.queries.reports.activities import activity_filter
+from services.queries.reports.common import (
+    close_filter,
+    currencies,
+    open_deal_totals,
+    owners_of_team,
+)
 
 ZERO = Decimal(0)
 
@@ -18,7 +25,8 @@ ZERO = Decimal(0)
 async def owners(ctx: ReportContext, params: ReportParams) -> Report:
     """Per rep and currency: open deals and value, weighted value (now); won count and
     value, lost count, win rate, average won deal size, median days to win (in the
-    period); and the events the rep recorded (in the period, over every currency)."""
+    period); the events the rep recorded (in the period), the activities they completed
+    (in the period) and their overdue ones (now), over every currency."""
     open_totals, position = await open_deal_totals(ctx, params, "owner")
     currency = await currencies(ctx, params)
     async with ctx.models.open("analytics", params.min_position) as view:
@@ -59,6 +67,11 @@ async def owners(ctx: ReportContext, params: ReportParams) -> Report:
         e["_days"] += [micros_to_days(m) for m in c["win_micros"]]
     async with ctx.models.open("audit_history", params.min_position) as view:
         events = await _events_by_actor(view.conn, view.tables, params)
+    team = await owners_of_team(ctx, params, now)
+    async with ctx.models.open("current_pipeline", params.min_position) as view:
+        work = await current_pipeline.activity_work(
+            view.conn, view.tables, activity_filter(params, team), now
+        )
     rows = []
     for key in sorted(per):
         e = per[key]
@@ -69,6 +82,9 @@ async def owners(ctx: ReportContext, params: ReportParams) -> Report:
         )
         e["median_days_to_win"] = day_stats(days)["median_days"]
         e["events_recorded"] = events.get(e["owner"], 0)
+        done = work.get(e["owner"], {})
+        e["activities_completed"] = done.get("completed", 0)
+        e["activities_overdue"] = done.get("overdue", 0)
         rows.append(e)
     return Report(
         "owners",
@@ -78,7 +94,8 @@ async def owners(ctx: ReportContext, params: ReportParams) -> Report:
         min(position, apos),
         notes="A row per rep and currency (amounts never add across currencies). "
         "events_recorded: events the rep made (as actor) in the period (occurred_at), "
-        "in any currency.",
+        "in any currency. activities_completed: activities assigned to the rep and completed "
+        "in the period; activities_overdue: open and due before now (any period).",
     )
 
 
