@@ -141,6 +141,7 @@ def _crm_opportunities(args: argparse.Namespace, settings: Settings) -> int:
 def _deals(args: argparse.Namespace, settings: Settings) -> int:
     try:
         table = read_csv_file(Path(args.file))
+        activities = read_csv_file(Path(args.activities)) if args.activities else None
     except ImportAborted as exc:
         print(f"dealtrail import: {exc}", file=sys.stderr)
         return EXIT_ABORTED
@@ -157,6 +158,7 @@ def _deals(args: argparse.Namespace, settings: Settings) -> int:
             batch_size=args.batch_size,
             progress=progress,
             default_pipeline=args.pipeline,
+            activities=activities,
         ),
     )
 
@@ -230,6 +232,14 @@ def register(commands: SubCommands) -> None:
     deals.add_argument("file", help="the CSV file")
     deals.add_argument(
         "--pipeline", default=None, help="pipeline of rows whose pipeline column is empty"
+    )
+    deals.add_argument(
+        "--activities",
+        default=None,
+        metavar="ACTIVITIES.csv",
+        help="the deals' activities, keyed by deal_external_id (columns: "
+        + ",".join(generic.ACTIVITY_COLUMNS)
+        + ")",
     )
     add_common_options(deals)
     deals.set_defaults(handler=_deals)

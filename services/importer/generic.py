@@ -17,11 +17,35 @@ ignored. Needed: external_id, title, value, owner, created_at, and pipeline (unl
   lost_note     optional free text for a lost deal
   account       optional customer account
   product       optional product
+
+An optional second file (--activities) holds the deals' activities, one a row, keyed by
+the deal's external id. Needed: deal_external_id, type, subject, due_at.
+
+  deal_external_id  external_id of a deal in the deals file
+  pipeline          the deal's pipeline, when the same external id is in several
+  external_id       the activity's id in the source system; without it, its type,
+                    subject and due time identify it
+  type              call, meeting, email, task or deadline
+  subject           what it is about
+  due_at            when it is due (same formats as created_at)
+  duration_minutes  optional, 1 to 1440
+  assignee          optional; default the deal's owner
+  note              optional free text
+  status            open (default), done or cancelled
+  created_at        when it was planned; default when the deal was created
+  completed_at      when it was done or cancelled; default when it was due
+  outcome           optional: what came of it, or why it was cancelled
+
+Importing the same files again adds nothing; a changed activity row reschedules, edits,
+completes or cancels the stored activity (a done or cancelled one cannot change).
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from libs.application.app import DealtrailApplication
@@ -34,7 +58,7 @@ from libs.application.importing import (
 )
 from libs.domain.actors import Actor
 from libs.domain.deal import LOST, OPEN, WON
-from libs.domain.imports import DealRow
+from libs.domain.imports import ACTIVITY_STATUSES, ActivityRow, DealRow
 from libs.domain.pipeline import Pipeline
 from services.importer.common import (
     CsvTable,
@@ -58,6 +82,22 @@ COLUMNS = (
 )
 OPTIONAL_COLUMNS = ("lost_note", "account", "product")
 REQUIRED_COLUMNS = ("external_id", "title", "value", "owner", "created_at")
+ACTIVITY_COLUMNS = (
+    "deal_external_id",
+    "pipeline",
+    "external_id",
+    "type",
+    "subject",
+    "due_at",
+    "duration_minutes",
+    "assignee",
+    "note",
+    "status",
+    "created_at",
+    "completed_at",
+    "outcome",
+)
+REQUIRED_ACTIVITY_COLUMNS = ("deal_external_id", "type", "subject", "due_at")
 
 
 def _pipelines_by_name(app: DealtrailApplication) -> dict[str, Pipeline]:
@@ -131,6 +171,104 @@ def _deal_row(
     )
 
 
+def _activity_row(name: str, line: int, row: dict[str, str]) -> ActivityRow:
+    check_row_shape(row)
+
+    def get(column: str) -> str:
+        return row.get(column, "")
+
+    for column in REQUIRED_ACTIVITY_COLUMNS:
+        if not get(column):
+            raise RowProblem(f"{column} is empty")
+    status = (get("status") or "open").casefold()
+    if status not in ACTIVITY_STATUSES:
+        raise RowProblem(f"status {get('status')!r} is not {', '.join(ACTIVITY_STATUSES)}")
+    duration = None
+    if get("duration_minutes"):
+        try:
+            duration = int(get("duration_minutes"))
+        except ValueError:
+            raise RowProblem("duration_minutes is not a whole number") from None
+    due_at = parse_time(get("due_at"), "due_at")
+    completed_at = None
+    if get("completed_at"):
+        if status == "open":
+            raise RowProblem("completed_at is set but status is open")
+        completed_at = parse_time(get("completed_at"), "completed_at")
+    created_at = parse_time(get("created_at"), "created_at") if get("created_at") else None
+    key = get("external_id")
+    if not key:
+        content = f"{get('type').casefold()}\n{get('subject')}\n{due_at.isoformat()}"
+        key = "row-" + hashlib.sha256(content.encode()).hexdigest()[:32]
+    return ActivityRow(
+        file=name,
+        line=line,
+        key=key,
+        type=get("type"),
+        subject=get("subject"),
+        due_at=due_at,
+        status=status,
+        duration_minutes=duration,
+        assignee=get("assignee") or None,
+        note=get("note") or None,
+        created_at=created_at,
+        completed_at=completed_at,
+        outcome=get("outcome") or None,
+    )
+
+
+ActivityKey = tuple[str, str]  # (pipeline name folded, or "" for any; deal external id)
+
+
+class _Activities:
+    """The activities file's rows by deal, handed to the deal rows they belong to."""
+
+    def __init__(self, table: CsvTable | None, importer: DealImporter) -> None:
+        self.importer = importer
+        self.by_deal: dict[ActivityKey, list[ActivityRow]] = defaultdict(list)
+        self.keys: dict[tuple[ActivityKey, str], int] = {}
+        if table is None:
+            return
+        table.require(REQUIRED_ACTIVITY_COLUMNS)
+        for line, row in table.rows:
+            try:
+                activity = _activity_row(table.name, line, row)
+            except RowProblem as exc:
+                importer.reject(table.name, line, str(exc), counts=False)
+                continue
+            deal = ((row.get("pipeline") or "").casefold(), row["deal_external_id"])
+            first = self.keys.setdefault((deal, activity.key), line)
+            if first != line:
+                importer.reject(
+                    table.name,
+                    line,
+                    f"the activity appears twice for deal {deal[1]!r} (first on line {first})",
+                    counts=False,
+                )
+                continue
+            self.by_deal[deal].append(activity)
+
+    def of(self, row: DealRow) -> DealRow:
+        """``row`` with its activities (which then leave the unclaimed ones)."""
+        found = [
+            *self.by_deal.pop((row.pipeline.name.casefold(), row.external_id), []),
+            *self.by_deal.pop(("", row.external_id), []),
+        ]
+        return replace(row, activities=tuple(found)) if found else row
+
+    def reject_unclaimed(self) -> None:
+        for (pipeline, external_id), rows in self.by_deal.items():
+            where = f" in pipeline {pipeline!r}" if pipeline else ""
+            for activity in rows:
+                self.importer.reject(
+                    activity.file,
+                    activity.line,
+                    f"no deal row with external id {external_id!r}{where} was read from the "
+                    "deals file",
+                    counts=False,
+                )
+
+
 def import_deals(
     app: DealtrailApplication,
     table: CsvTable,
@@ -140,8 +278,10 @@ def import_deals(
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Callable[[int], None] | None = None,
     default_pipeline: str | None = None,
+    activities: CsvTable | None = None,
 ) -> ImportReport:
-    """Import the rows of a generic deals CSV (see the module docstring for the columns)."""
+    """Import the rows of a generic deals CSV and, optionally, their activities (see the
+    module docstring for the columns)."""
     table.require(REQUIRED_COLUMNS)
     if "pipeline" not in table.columns and not default_pipeline:
         raise ImportAborted(f"{table.name}: no pipeline column and no default pipeline given")
@@ -151,6 +291,7 @@ def import_deals(
     importer = DealImporter(
         app, actor=actor, strict=strict, batch_size=batch_size, progress=progress
     )
+    planned = _Activities(activities, importer)
     used: dict[str, Pipeline] = {}
     for line, row in table.rows:
         try:
@@ -161,7 +302,8 @@ def import_deals(
             importer.reject(table.name, line, str(exc))
             continue
         used.setdefault(deal_row.pipeline.name, deal_row.pipeline)
-        importer.add(deal_row)
+        importer.add(planned.of(deal_row))
+    planned.reject_unclaimed()
     report = importer.finish()
     report.pipelines.update({name: pipeline.id for name, pipeline in used.items()})
     return report
