@@ -5,7 +5,14 @@
 along the way), and then walks each deal through its pipeline over months of
 backdated business time: forward moves, moves back, value and close-date changes,
 owner hand-overs, wins, losses with reasons (and notes), reopenings, and stale deals
-that nobody touched for a long time. Every change is a domain command (rules apply).
+that nobody touched for a long time. Along the way reps hold calls and meetings
+(planned, then completed), and open deals end with a next step planned, some of it
+overdue. "Renewals" has stage checklists that must be done before a deal leaves a
+stage: the reps complete them (or, now and then, a manager waives them). Every change
+is a domain command (rules apply).
+
+Activities draw from a random stream of their own per deal, so the deals' own
+histories are those they would be without them.
 
 The same seed and end date give the same events: the same aggregate ids, versions,
 types, actors, ``occurred_at`` and payloads, in the same order (only ``recorded_at``,
@@ -21,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Final
+from typing import Any, Final
 from uuid import UUID, uuid5
 
 from eventsourcing.application import AggregateNotFoundError
@@ -53,6 +60,24 @@ class PipelineSpec:
     values: tuple[int, int]
     products: tuple[str, ...]
     mean_gap_days: float
+    # per stage (by name): its checklist items (title, type, due in days)
+    checklists: tuple[tuple[str, tuple[tuple[str, str, int], ...]], ...] = ()
+    require_checklist_before_leaving: bool = False
+
+    def stage_definitions(self) -> list[dict[str, Any]]:
+        checklists = dict(self.checklists)
+        return [
+            {
+                "name": n,
+                "probability": p,
+                "rotting_days": r,
+                "checklist": [
+                    {"title": title, "type": kind, "due_in_days": days}
+                    for title, kind, days in checklists.get(n, ())
+                ],
+            }
+            for n, p, r in self.stages
+        ]
 
 
 PIPELINES: Final = (
@@ -87,6 +112,15 @@ PIPELINES: Final = (
         values=(1_000, 40_000),
         products=("Team plan renewal", "Enterprise renewal", "Support renewal"),
         mean_gap_days=10.0,
+        checklists=(
+            (
+                "Renewal due",
+                (("Review usage and health", "task", 5), ("Call the account owner", "call", 7)),
+            ),
+            ("Proposal sent", (("Send the renewal proposal", "email", 2),)),
+            ("Contract sent", (("Confirm the signatory", "call", 3),)),
+        ),
+        require_checklist_before_leaving=True,
     ),
     PipelineSpec(
         name="Partners",
@@ -139,6 +173,32 @@ ACCOUNT_KINDS: Final = (
     "Logistics", "Health", "Foods", "Systems", "Bank", "Energy", "Retail", "Labs",
     "Media", "Motors", "Insurance", "Hotels",
 )  # fmt: skip
+CALL_SUBJECTS: Final = (
+    "Discovery call",
+    "Follow-up call",
+    "Pricing questions",
+    "Check-in with the champion",
+    "Call about next steps",
+)
+MEETING_SUBJECTS: Final = (
+    "Product demo",
+    "On-site meeting",
+    "Workshop with the buyer's team",
+    "Review meeting",
+)
+NEXT_STEPS: Final = (
+    ("task", "Send the updated quote"),
+    ("call", "Follow up on the proposal"),
+    ("meeting", "Meet the decision makers"),
+    ("email", "Send the case study"),
+    ("deadline", "Quote expires"),
+)
+OUTCOMES: Final = (
+    "interested, wants a proposal",
+    "needs approval from finance",
+    "asked for references",
+    None,
+)
 LOSS_NOTES: Final = (
     "went with a cheaper offer",
     "budget moved to next year",
@@ -194,10 +254,9 @@ class _World:
                 pipeline_id=demo_pipeline_id(seed, spec.name),
                 name=spec.name,
                 currency=spec.currency,
-                stages=[
-                    {"name": n, "probability": p, "rotting_days": r} for n, p, r in spec.stages
-                ],
+                stages=spec.stage_definitions(),
                 lost_reasons=list(spec.lost_reasons),
+                require_checklist_before_leaving=spec.require_checklist_before_leaving,
                 occurred_at=start - timedelta(days=7),
             )
             # The deals walk through the pipeline as the definition will store it.
@@ -269,8 +328,9 @@ class _DealWalk:
         self.now = now
         self.span = (end - start).total_seconds()
 
-    def run(self, number: int) -> Deal:
+    def run(self, number: int, seed: int = 0) -> Deal:
         rng, world = self.rng, self.world
+        self.arng = random.Random(f"{seed}:{number}:activities")
         spec, pipeline = rng.choices(world.pipelines, weights=world.weights)[0]
         rep = rng.choice(world.reps)
         actor = Actor(name=rep.name, role=Role.REP)
@@ -315,8 +375,85 @@ class _DealWalk:
                     self._reopen(deal, pipeline, when)
                     continue
                 break
+            self._held_activity(deal, when)
             self._step(deal, pipeline, spec, when)
+        if deal.status == OPEN and not stale:
+            self._next_step(deal)
         return deal
+
+    # --- activities (their own random stream: the deal's history stays as it was) ----
+
+    def _between(self, deal: Deal, until: datetime, share: float) -> datetime:
+        """A moment ``share`` of the way from the deal's last event to ``until``."""
+        last: datetime = deal.last_occurred_at
+        return last + (until - last) * share
+
+    def _held_activity(self, deal: Deal, until: datetime) -> None:
+        """Now and then a call or meeting held before ``until``: planned, then done."""
+        arng = self.arng
+        if arng.random() >= 0.3:
+            return
+        meeting = arng.random() < 0.35
+        planned = self._between(deal, until, 0.2)
+        held = self._between(deal, until, 0.7)
+        rep = Actor(name=deal.owner, role=Role.REP)
+        activity_id = deal.schedule_activity(
+            type="meeting" if meeting else "call",
+            subject=arng.choice(MEETING_SUBJECTS if meeting else CALL_SUBJECTS),
+            due_at=held,
+            duration_minutes=arng.choice((30, 45, 60)) if meeting else arng.choice((15, 30)),
+            actor=rep.name,
+            occurred_at=planned,
+            now=self.now,
+        )
+        deal.complete_activity(
+            activity_id, arng.choice(OUTCOMES), actor=rep.name, occurred_at=held, now=self.now
+        )
+
+    def _clear_checklist(self, deal: Deal, pipeline: Pipeline, until: datetime) -> None:
+        """Before the deal leaves its stage: its checklist items done (now and then a
+        manager waives them instead), all before ``until``."""
+        if not pipeline.require_checklist_before_leaving:
+            return
+        items = deal.open_checklist_items()
+        if not items:
+            return
+        arng = self.arng
+        rep = self.world.rep_by_name.get(deal.owner)
+        if rep is not None and arng.random() < 0.1:
+            manager = self.world.managers[rep.team]
+            deal.waive_checklist(
+                pipeline,
+                "customer confirmed by phone; not needed",
+                actor=manager.name,
+                occurred_at=self._between(deal, until, 0.5),
+                now=self.now,
+            )
+            return
+        for item in items:
+            deal.complete_activity(
+                item.id,
+                actor=deal.owner,
+                occurred_at=self._between(deal, until, 0.5),
+                now=self.now,
+            )
+
+    def _next_step(self, deal: Deal) -> None:
+        """An open deal's next step at the end of the history, due around the end (so
+        some of it is overdue by now)."""
+        arng = self.arng
+        if arng.random() >= 0.7:
+            return
+        kind, subject = arng.choice(NEXT_STEPS)
+        due = self.end + timedelta(days=arng.uniform(-12, 14))
+        deal.schedule_activity(
+            type=kind,
+            subject=subject,
+            due_at=due.replace(microsecond=0),
+            actor=deal.owner,
+            occurred_at=self._between(deal, self.end, 0.5),
+            now=self.now,
+        )
 
     def _actor_for(self, deal: Deal) -> Actor:
         """Mostly the owner; now and then their team's manager."""
@@ -348,6 +485,7 @@ class _DealWalk:
         roll = rng.random()
         name = actor.name
         if roll < p_win:
+            self._clear_checklist(deal, pipeline, when)
             deal.win(pipeline, actor=name, occurred_at=when, now=self.now)
         elif roll < p_win + p_lose:
             reason = rng.choice(spec.lost_reasons)
@@ -355,6 +493,7 @@ class _DealWalk:
             deal.lose(pipeline, reason, note, actor=name, occurred_at=when, now=self.now)
         elif roll < p_win + p_lose + p_back:
             target = pipeline.stages[position - 1]
+            self._clear_checklist(deal, pipeline, when)
             deal.advance(pipeline, target.id, actor=name, occurred_at=when, now=self.now)
         elif roll < p_win + p_lose + p_back + p_hand_over:
             rep = self.world.rep_by_name.get(deal.owner)
@@ -380,6 +519,7 @@ class _DealWalk:
                 deal.update(expected_close_date=pushed, actor=name, occurred_at=when, now=self.now)
         elif position < last:
             target = pipeline.stages[position + 1]
+            self._clear_checklist(deal, pipeline, when)
             deal.advance(pipeline, target.id, actor=name, occurred_at=when, now=self.now)
 
 
@@ -425,7 +565,7 @@ def generate(
     most_events = 0
     batch: list[Deal] = []
     for number in range(1, deals + 1):
-        deal = walk.run(number)
+        deal = walk.run(number, seed)
         if len(deal.pending_events) > most_events:
             most_events, result.showcase_deal = len(deal.pending_events), deal.id
         batch.append(deal)

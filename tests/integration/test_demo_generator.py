@@ -120,3 +120,51 @@ def test_generating_the_same_seed_twice_into_one_database_is_refused(
     with pytest.raises(DemoError, match="seed 3"):
         generate(app, deals=5, seed=3, end=END)
     assert app.head_position() == head
+
+
+def test_generated_history_has_held_calls_and_meetings_planned_next_steps_and_checklists(
+    app: DealtrailApplication,
+) -> None:
+    result = generate(app, deals=DEALS, seed=5, end=END, months=9)
+    history = records(app)
+    types = Counter(r.event_type for r in history)
+    for kind in ("ActivityScheduled", "ActivityCompleted", "ChecklistApplied", "ChecklistWaived"):
+        assert types[kind] > 0, kind
+    held = Counter(
+        r.payload["activity_type"] for r in history if r.event_type == "ActivityScheduled"
+    )
+    assert held["call"] > held["meeting"] > 0
+    pipeline = app.get_pipeline(result.pipelines["Renewals"])
+    assert pipeline.require_checklist_before_leaving
+    assert [len(s.checklist) for s in pipeline.stages] == [2, 1, 1]
+
+    # no deal ever left a stage (moved or won) with an item of that stage's checklist open
+    open_items: dict[object, dict[str, str]] = {}  # deal -> open item -> its stage
+    left = 0
+    for r in history:
+        if r.aggregate_type != "Deal":
+            continue
+        items = open_items.setdefault(r.aggregate_id, {})
+        p = r.payload
+        if r.event_type == "ChecklistApplied":
+            items.update({str(i["activity_id"]): p["stage_id"] for i in p["items"]})
+        elif r.event_type in ("ActivityCompleted", "ActivityCancelled"):
+            items.pop(str(p["activity_id"]), None)
+        elif r.event_type == "ChecklistWaived":
+            for waived in p["activity_ids"]:
+                del items[str(waived)]
+        elif r.event_type in ("StageAdvanced", "DealWon") and p.get("cause") is None:
+            here = p.get("from_stage_id", p.get("stage_id"))
+            assert here not in items.values(), (r.aggregate_id, r.event_type, items)
+            left += here in {s.id for s in pipeline.stages}
+    assert left > 0
+
+    # open deals end with next steps, some of them overdue by the end of the history
+    planned = [
+        a
+        for deal_id in {r.aggregate_id for r in history if r.event_type == "DealCreated"}
+        for a in app.get_deal(deal_id).activities
+        if a.status == "open" and a.checklist_stage_id is None
+    ]
+    overdue = sum(a.is_overdue(END) for a in planned)
+    assert 0 < overdue < len(planned)
