@@ -1,8 +1,8 @@
 """Hash-chain verification speed: ``dealtrail audit verify`` over a generated log.
 
-Generates ``--deals`` demo deals (about seven events each) into a fresh store, then
-times the verification of the whole chain ``--repeat`` times and prints events/s
-(target: at least 100,000 events/s).
+Generates ``--deals`` demo deals (about thirteen events each, activities included) into
+a fresh store, then times the verification of the whole chain ``--repeat`` times and
+prints events/s (target: at least 100,000 events/s).
 
 Run alone: ``python -m bench.audit [--backend postgres|sqlite] [--deals N] [--repeat R]``.
 """

@@ -37,7 +37,7 @@ from bench.common import (
 from services.projections.rebuild import REBUILD_BATCH_SIZE
 
 PART = "rebuild"
-EVENTS_PER_DEAL = 6.95  # a little under the generator's average, to overshoot, not top up
+EVENTS_PER_DEAL = 12.9  # a little under the generator's average, to overshoot, not top up
 GENERATE_BATCH = 500
 READ_BATCH = REBUILD_BATCH_SIZE  # as `dealtrail projections rebuild --batch-size` defaults
 REBUILD_TIMEOUT_S = 3 * 3600
