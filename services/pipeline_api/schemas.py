@@ -689,3 +689,4 @@ class MePublic(BaseModel):
     may_run_commands: bool
     may_manage_pipelines: bool
     may_read_audit: bool
+    may_waive_checklists: bool

@@ -9,12 +9,12 @@ from tests.conftest import PRINCIPALS, auth
 
 async def test_me_names_the_principal_and_what_its_role_may_do(api: httpx.AsyncClient) -> None:
     expected = {
-        "admin": (True, True, True),
-        "manager": (True, True, False),
-        "rep": (True, False, False),
-        "auditor": (False, False, True),
+        "admin": (True, True, True, True),
+        "manager": (True, True, False, True),
+        "rep": (True, False, False, False),
+        "auditor": (False, False, True, False),
     }
-    for who, (commands, pipelines, audit) in expected.items():
+    for who, (commands, pipelines, audit, waive) in expected.items():
         r = await api.get("/v1/me", headers=auth(who))
         assert r.status_code == 200, r.text
         name, role = PRINCIPALS[who]
@@ -24,6 +24,7 @@ async def test_me_names_the_principal_and_what_its_role_may_do(api: httpx.AsyncC
             "may_run_commands": commands,
             "may_manage_pipelines": pipelines,
             "may_read_audit": audit,
+            "may_waive_checklists": waive,
         }
 
 

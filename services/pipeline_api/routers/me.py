@@ -32,6 +32,7 @@ def describe(actor: Actor) -> dict[str, Any]:
         "may_run_commands": _allowed(actor.check_may_command),
         "may_manage_pipelines": _allowed(actor.check_may_manage_pipelines),
         "may_read_audit": _allowed(actor.check_may_read_audit),
+        "may_waive_checklists": _allowed(actor.check_may_waive_checklist),
     }
 
 
