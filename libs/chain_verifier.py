@@ -37,7 +37,8 @@ lowercase hex, ``created_at`` exactly as written in the checkpoint)::
 An export line is either an event (``position``, ``aggregate_id``, ``version``,
 ``topic``, ``state`` in base64, ``prev_position``, ``prev_hash`` and ``hash`` in hex,
 and the readable fields ``aggregate_type``, ``type``, ``actor``, ``occurred_at``,
-``recorded_at``, ``payload``) or ``{"checkpoint": {...}}`` right after the event at its
+``recorded_at``, ``payload``, and ``class_version`` when the state names one: the shape
+the event was stored in) or ``{"checkpoint": {...}}`` right after the event at its
 position. The readable fields are checked against the hashed state, so what an auditor
 reads is what was hashed.
 """
@@ -366,6 +367,7 @@ def check_readable_fields(data: dict[str, Any], link: Link) -> None:
         "recorded_at": state.pop("timestamp", None),
     }
     state.pop("originator_topic", None)
+    expected["class_version"] = state.pop("class_version", None)
     expected["payload"] = state
     for name, value in expected.items():
         if data.get(name) != value:

@@ -3,6 +3,9 @@
 Projections, the export and the audit trail read events through this one function. It
 decodes the stored state straight into a dict, without resolving the event class, so an
 event type that no code knows any more (or not yet) is still readable and never a crash.
+An event stored in an older shape is brought to the current one by the same upcasters
+the aggregates load it with (``libs/domain/upcasting.py``); only the export asks for the
+shape as stored, because its lines are checked against the hashed bytes.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from uuid import UUID
 import orjson
 from eventsourcing.persistence import JSONTranscoder, Mapper, Notification
 
+from libs.domain.upcasting import CLASS_VERSION, current_version, upcast
+
 
 @dataclass(frozen=True, slots=True)
 class EventRecord:
@@ -35,6 +40,7 @@ class EventRecord:
     recorded_at: datetime | None
     payload: dict[str, Any]
     key: str = ""  # the aggregate id as text (read models key rows by it)
+    class_version: int = 1  # the shape of ``payload`` (see libs/domain/upcasting.py)
 
     def __post_init__(self) -> None:
         if not self.key:
@@ -48,8 +54,9 @@ class EventRecord:
         return value
 
     def as_json_dict(self) -> dict[str, Any]:
-        """The record as JSON-ready values (the export's line format)."""
-        return {
+        """The record as JSON-ready values (the export's line format); ``class_version``
+        only when it is above 1, as the library stores it."""
+        line = {
             "position": self.position,
             "aggregate_id": str(self.aggregate_id),
             "aggregate_type": self.aggregate_type,
@@ -60,6 +67,9 @@ class EventRecord:
             "recorded_at": _iso(self.recorded_at),
             "payload": to_json_value(self.payload),
         }
+        if self.class_version != 1:
+            line["class_version"] = self.class_version
+        return line
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -185,8 +195,15 @@ def _topic_names(topic: str) -> tuple[str, str]:
     return split_topic(topic)
 
 
-def decode(mapper: Mapper[Any], notification: Notification) -> EventRecord:
-    """Decode one stored notification into an :class:`EventRecord`."""
+def decode(
+    mapper: Mapper[Any], notification: Notification, *, as_stored: bool = False
+) -> EventRecord:
+    """Decode one stored notification into an :class:`EventRecord` in the current shape
+    of its type (``as_stored``: in the shape it was stored in, with its stored version).
+
+    An event stored at a version this release does not know raises
+    :class:`~libs.domain.upcasting.NewerEventVersion` (a projection parks it).
+    """
     state_bytes = notification.state
     if mapper.cipher:
         state_bytes = mapper.cipher.decrypt(state_bytes)
@@ -194,6 +211,11 @@ def decode(mapper: Mapper[Any], notification: Notification) -> EventRecord:
         state_bytes = mapper.compressor.decompress(state_bytes)
     payload = _state_of(mapper, state_bytes)  # a fresh dict: the envelope is taken out
     aggregate_type, event_type = _topic_names(notification.topic)
+    if as_stored:
+        class_version = payload.pop(CLASS_VERSION, 1)
+    else:
+        upcast(event_type, payload)
+        class_version = current_version(event_type)
     occurred_at = payload.pop("occurred_at", None)
     recorded_at = payload.pop("timestamp", None)
     actor = payload.pop("actor", None)
@@ -211,6 +233,7 @@ def decode(mapper: Mapper[Any], notification: Notification) -> EventRecord:
         recorded_at if isinstance(recorded_at, datetime) else None,
         payload,
         str(aggregate_id),
+        class_version,
     )
 
 

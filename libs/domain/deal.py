@@ -43,6 +43,7 @@ from libs.domain.state import OPEN as OPEN
 from libs.domain.state import WON as WON
 from libs.domain.state import ActivityState, DealState, checklist_due, deal_after
 from libs.domain.times import check_ahead, check_day, check_occurred_at
+from libs.domain.upcasting import versioned_events
 from libs.domain.values import (
     MAX_NAME_LENGTH,
     MAX_NOTE_LENGTH,
@@ -95,6 +96,7 @@ def check_expected_close_date(value: Any, *, today: date) -> date | None:
     return check_day(value, "expected_close_date", today=today)
 
 
+@versioned_events
 class Deal(Aggregate):
     """A sales opportunity: value, owner, stage and outcome, with every change kept.
 

@@ -10,6 +10,7 @@ from eventsourcing.domain import Aggregate, event
 
 from libs.domain.errors import NothingToChange
 from libs.domain.times import check_occurred_at
+from libs.domain.upcasting import versioned_events
 from libs.domain.values import MAX_NAME_LENGTH, check_text
 
 OWNER_ID_NAMESPACE: Final = UUID("0b7a9f52-2c1d-4d8e-8f3b-6a5e4c3d2b1a")
@@ -26,6 +27,7 @@ def _optional(value: Any, field: str) -> str | None:
     return check_text(value, field, max_length=MAX_NAME_LENGTH, required=False) or None
 
 
+@versioned_events
 class Owner(Aggregate):
     """Who a deal owner is in the organisation: team and region, as of each moment."""
 

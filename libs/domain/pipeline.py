@@ -23,6 +23,7 @@ from libs.domain.events import EventType as E
 from libs.domain.state import PipelineState, pipeline_after
 from libs.domain.state import Stage as Stage
 from libs.domain.times import check_occurred_at
+from libs.domain.upcasting import versioned_events
 from libs.domain.values import (
     MAX_NAME_LENGTH,
     UNSET,
@@ -149,6 +150,7 @@ def check_lost_reasons(raw_reasons: Any) -> list[str]:
     return reasons
 
 
+@versioned_events
 class Pipeline(Aggregate):
     """A sales process: a currency, ordered stages, lost reasons and the rules deals obey.
 

@@ -1,7 +1,9 @@
 """The one fold of deal and pipeline state from their events, and the figures derived from it.
 
 ``deal_after`` and ``pipeline_after`` are pure: the state before (None before the first
-event), an event's type, its payload and its business time in, the state after out. The
+event), an event's type, its payload and its business time in, the state after out. They
+read the current shape of each event only: events stored in an older shape reach them
+upcast (``upcasting.py``). The
 aggregates apply their own events through them; every projector that needs current
 state (the board, the history behind reports and ``as_of``) folds recorded events
 through them too, so live, historical and write-side state cannot disagree.
@@ -153,9 +155,9 @@ def pipeline_after(
             removed_stages=(),
             lost_reasons=tuple(p["lost_reasons"]),
             retired_lost_reasons=(),
-            allow_skipping_stages=p.get("allow_skipping_stages", True),
-            allow_moving_back=p.get("allow_moving_back", True),
-            stale_after_days=p.get("stale_after_days"),
+            allow_skipping_stages=p["allow_skipping_stages"],
+            allow_moving_back=p["allow_moving_back"],
+            stale_after_days=p["stale_after_days"],
             created_by=p.get("actor"),
             defined_at=when,
             last_occurred_at=when,
@@ -478,8 +480,8 @@ def deal_after(
             status=OPEN,
             expected_close_date=_field("expected_close_date", p.get("expected_close_date")),
             external_id=p.get("external_id"),
-            account=p.get("account"),
-            product=p.get("product"),
+            account=p["account"],
+            product=p["product"],
             probability_override=None,
             lost_reason=None,
             lost_note=None,

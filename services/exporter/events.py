@@ -91,7 +91,7 @@ class EventExport:
 
     def _lines(self, row: StoredRow) -> str:
         n = row.notification
-        line = decode(self.app.mapper, n).as_json_dict()
+        line = decode(self.app.mapper, n, as_stored=True).as_json_dict()
         line["topic"] = n.topic
         line["state"] = base64.b64encode(n.state).decode()
         line["prev_position"] = row.prev_position

@@ -81,9 +81,9 @@ def changes_of(record: EventRecord) -> dict[str, dict[str, Any]]:
         return out
     if kind == E.DEAL_REOPENED:
         out = {"status": _change(p["previous_status"], "open")}
-        if p.get("from_stage_id") != p["stage_id"]:
-            out["stage"] = _change(p.get("from_stage_name"), p["stage_name"])
-            out["stage_id"] = _change(p.get("from_stage_id"), p["stage_id"])
+        if p["from_stage_id"] != p["stage_id"]:
+            out["stage"] = _change(p["from_stage_name"], p["stage_name"])
+            out["stage_id"] = _change(p["from_stage_id"], p["stage_id"])
         return out
     if kind == E.OWNER_CHANGED:
         return {"owner": _change(p["from_owner"], p["to_owner"])}
