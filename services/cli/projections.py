@@ -15,6 +15,7 @@ from services.progress import Progress
 from services.projections.base import create_state_table
 from services.projections.catalog import all_projections, projections_named
 from services.projections.parking import (
+    OutdatedTables,
     Parked,
     RetryResult,
     list_parked,
@@ -173,16 +174,20 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     rows = asyncio.run(_status(settings))
     print(
         f"{'projection':<18} {'generation':>10} {'position':>10} {'head':>10} "
-        f"{'behind':>8} {'parked':>7} {'skipped':>8}"
+        f"{'behind':>8} {'parked':>7} {'skipped':>8} {'schema':>6}"
     )
     for r in rows:
         building = f"  (rebuilding into generation {r['rebuilding']})" if r["rebuilding"] else ""
         behind = f"{r['behind']}" if r["behind_exact"] else f"{r['behind']}+"
         print(
             f"{r['name']:<18} {r['generation'] or '-':>10} {r['position']:>10} {r['head']:>10} "
-            f"{behind:>8} {r['parked']:>7} {r['skipped']:>8}{building}"
+            f"{behind:>8} {r['parked']:>7} {r['skipped']:>8} {r['schema_version'] or '-':>6}"
+            f"{building}"
         )
-    return 0
+    problems = [r["schema_problem"] for r in rows if r["schema_problem"]]
+    for problem in problems:
+        print(problem)
+    return 1 if problems else 0
 
 
 def _cmd_parked(args: argparse.Namespace, settings: Settings) -> int:
@@ -207,7 +212,11 @@ def _cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     if problem:
         print(problem, file=sys.stderr)
         return 2
-    result = asyncio.run(_retry(settings, args.name, args.position))
+    try:
+        result = asyncio.run(_retry(settings, args.name, args.position))
+    except OutdatedTables as exc:
+        print(f"dealtrail: {exc}", file=sys.stderr)
+        return 1
     if args.position is not None and not (result.applied or result.failed or result.missing):
         print(f"dealtrail: {args.name} has no parked event at position {args.position}")
         return 1
@@ -258,7 +267,9 @@ def register(commands: SubCommands) -> None:
     run.set_defaults(handler=_cmd_run)
 
     status = sub.add_parser(
-        "status", help="position, head, events behind, parked and skipped per projection"
+        "status",
+        help="position, head, events behind, parked and skipped per projection; "
+        "exits 1 when a projection's tables need a rebuild",
     )
     status.set_defaults(handler=_cmd_status)
 

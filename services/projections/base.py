@@ -6,6 +6,12 @@ position 0 while the active one keeps serving, then switches the pointer in
 ``projection_state`` in one transaction. Every batch locks its projection's state row
 first (an UPDATE, which works the same on PostgreSQL and SQLite), reads the position,
 applies the batch and moves the position, all in one transaction: exactly-once effect.
+
+Each projection declares the schema version of the tables it writes, and
+``projection_state.schema_version`` records the version of the active generation's
+tables. Tables at another version are never written (the worker refuses them, naming the
+rebuild that makes new ones) and are read only when the projection says its queries
+still understand them (:meth:`Projection.schema_problem`).
 """
 
 from __future__ import annotations
@@ -13,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Integer,
     MetaData,
@@ -30,11 +37,12 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from libs.application.records import EventRecord
-from services.projections.sql import UtcDateTime
+from services.projections.sql import Position, UtcDateTime
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -46,10 +54,12 @@ projection_state = Table(
     state_metadata,
     Column("name", String(64), primary_key=True),
     Column("generation", Integer, nullable=False),
-    Column("position", Integer, nullable=False),
-    Column("skipped", Integer, nullable=False, server_default="0"),
+    Column("position", Position, nullable=False),
+    Column("skipped", Position, nullable=False, server_default="0"),
     Column("building_generation", Integer, nullable=True),
     Column("updated_at", UtcDateTime(), nullable=True),
+    # the active generation's table layout (``Projection.schema_version`` when written)
+    Column("schema_version", Integer, nullable=False, server_default="1"),
 )
 # Events a projection could not apply (see ``parking``): written in the transaction that
 # moves the projection past them, per generation of its tables.
@@ -58,7 +68,7 @@ projection_parked = Table(
     state_metadata,
     Column("name", String(64), primary_key=True),
     Column("generation", Integer, primary_key=True),
-    Column("position", Integer, primary_key=True),
+    Column("position", Position, primary_key=True, autoincrement=False),
     Column("event_type", String(200), nullable=False),
     Column("aggregate_id", String(36), nullable=False),
     Column("error", Text, nullable=False),
@@ -77,6 +87,19 @@ class State:
     position: int
     skipped: int = 0
     building_generation: int | None = None
+    schema_version: int = 1
+
+    @classmethod
+    def of(cls, row: Mapping[Any, Any]) -> State:
+        """The state in a ``projection_state`` row."""
+        return cls(
+            row["name"],
+            row["generation"],
+            row["position"],
+            row["skipped"],
+            row["building_generation"],
+            row["schema_version"],
+        )
 
 
 class Projection(ABC):
@@ -84,9 +107,35 @@ class Projection(ABC):
 
     name: ClassVar[str]
     handles: ClassVar[frozenset[str]]
+    schema_version: ClassVar[int]
+    """The layout of the tables this release writes. Raise it with every change to them
+    (a column, a type, an index, what a row means); existing tables are then rebuilt."""
+    readable_since: ClassVar[int | None] = None
+    """The oldest layout this release's queries can still read, so that the tables of the
+    release before keep serving while a rebuild fills new ones (default: only its own)."""
 
     def __init__(self) -> None:
         self._tables: dict[int, dict[str, Table]] = {}
+
+    def schema_problem(self, version: int, *, reading: bool = False) -> str | None:
+        """Why tables at schema ``version`` cannot be written (or, ``reading``, read) by
+        this release; None when they can."""
+        if version == self.schema_version:
+            return None
+        oldest = self.schema_version if self.readable_since is None else self.readable_since
+        if reading and oldest <= version < self.schema_version:
+            return None
+        if version < self.schema_version:
+            return (
+                f"projection {self.name}: its tables are at schema version {version} and this "
+                f"release needs version {self.schema_version}; run `dealtrail projections "
+                f"rebuild {self.name}` to build them anew"
+            )
+        return (
+            f"projection {self.name}: its tables are at schema version {version}, newer than "
+            f"this release's {self.schema_version} (a newer release rebuilt them); run that "
+            f"release, or `dealtrail projections rebuild {self.name}` with this one"
+        )
 
     @abstractmethod
     def define(self, metadata: MetaData, suffix: str) -> dict[str, Table]:
@@ -165,8 +214,47 @@ async def each_projection(
 
 
 async def create_state_table(engine: AsyncEngine) -> None:
+    """Create the shared state tables, or bring those of an older release up to date."""
     async with engine.begin() as conn:
         await conn.run_sync(state_metadata.create_all)
+        await _migrate_state_tables(conn)
+
+
+async def _migrate_state_tables(conn: AsyncConnection) -> None:
+    """The state tables of releases before schema versions: add ``schema_version`` (1, the
+    layout those releases wrote) and, on PostgreSQL, widen positions to 64 bits.
+
+    Both tables are small (a row per projection, a row per parked event), so the change
+    is quick. SQLite's INTEGER is 64-bit already.
+    """
+    columns = await conn.run_sync(
+        lambda sync: {
+            table: {c["name"]: c["type"] for c in inspect(sync).get_columns(table)}
+            for table in ("projection_state", "projection_parked")
+        }
+    )
+    if "schema_version" not in columns["projection_state"]:
+        column = "schema_version INTEGER NOT NULL DEFAULT 1"
+        if conn.dialect.name == "postgresql":
+            await conn.execute(
+                text(f"ALTER TABLE projection_state ADD COLUMN IF NOT EXISTS {column}")
+            )
+        else:
+            try:
+                await conn.execute(text(f"ALTER TABLE projection_state ADD COLUMN {column}"))
+            except OperationalError as exc:  # another process added it a moment ago
+                if "duplicate column" not in str(exc):
+                    raise
+    if conn.dialect.name != "postgresql":
+        return
+    for table, names in (
+        ("projection_state", ("position", "skipped")),
+        ("projection_parked", ("position",)),
+    ):
+        narrow = [n for n in names if not isinstance(columns[table][n], BigInteger)]
+        if narrow:
+            changes = ", ".join(f"ALTER COLUMN {n} TYPE BIGINT" for n in narrow)
+            await conn.execute(text(f"ALTER TABLE {table} {changes}"))
 
 
 async def read_states(
@@ -176,12 +264,7 @@ async def read_states(
     if names is not None:
         query = query.where(projection_state.c.name.in_(list(names)))
     rows = (await conn.execute(query)).mappings().all()
-    return {
-        r["name"]: State(
-            r["name"], r["generation"], r["position"], r["skipped"], r["building_generation"]
-        )
-        for r in rows
-    }
+    return {r["name"]: State.of(r) for r in rows}
 
 
 async def lock_state(conn: AsyncConnection, name: str) -> State:
@@ -200,6 +283,4 @@ async def lock_state(conn: AsyncConnection, name: str) -> State:
         .mappings()
         .one()
     )
-    return State(
-        row["name"], row["generation"], row["position"], row["skipped"], row["building_generation"]
-    )
+    return State.of(row)

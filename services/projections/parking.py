@@ -44,6 +44,10 @@ PARKED_TRACEBACK_LINE_CHARS = 240  # longer lines (a statement, its parameters) 
 RETRY_BATCH = 100  # parked events retried per transaction (each holds the projection's lock)
 
 
+class OutdatedTables(RuntimeError):
+    """The projection's tables are at a schema version this release does not write."""
+
+
 def reads(projection: Projection, record: EventRecord) -> bool:
     """Whether the projection uses events of the record's type."""
     return record.event_type in projection.handles or getattr(projection, "records_unknown", False)
@@ -274,6 +278,9 @@ async def retry_parked(
         records = await asyncio.to_thread(_read_positions, source, chunk)
         async with engine.begin() as conn:
             state = await lock_state(conn, projection.name)
+            problem = projection.schema_problem(state.schema_version)
+            if problem:
+                raise OutdatedTables(problem)
             # A rebuild may have switched generations since: retry what is still parked.
             parked_now = await list_parked(conn, [projection.name], positions=chunk)
             still = {p.position for p in parked_now}

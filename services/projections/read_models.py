@@ -94,6 +94,8 @@ class ReadModels:
         self._known: dict[str, tuple[int, int]] = {}
         self._polled = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
+        # Read models whose (still readable) tables no worker of this release advances.
+        self._outdated: dict[str, str | None] = {}
 
     @property
     def waiting(self) -> int:
@@ -129,14 +131,21 @@ class ReadModels:
             future.exception()  # retrieved here; every waiter gets it raised as well
 
     async def _state(self, conn: AsyncConnection, name: str) -> tuple[int, int] | None:
-        row = (
-            await conn.execute(
-                select(projection_state.c.generation, projection_state.c.position).where(
-                    projection_state.c.name == name
-                )
-            )
-        ).first()
-        return (row[0], row[1]) if row else None
+        """The read model's ``(generation, position)``, after checking that this release
+        can read its tables (:class:`ReadModelUnavailable` ``projection_outdated`` if not)."""
+        columns = (
+            projection_state.c.generation,
+            projection_state.c.position,
+            projection_state.c.schema_version,
+        )
+        row = (await conn.execute(select(*columns).where(projection_state.c.name == name))).first()
+        if row is None:
+            return None
+        problem = self.projections[name].schema_problem(row[2], reading=True)
+        if problem:
+            raise ReadModelUnavailable("projection_outdated", problem, {"schema_version": row[2]})
+        self._outdated[name] = self.projections[name].schema_problem(row[2])
+        return (row[0], row[1])
 
     @asynccontextmanager
     async def open(self, name: str, min_position: int | None = None) -> AsyncIterator[ReadView]:
@@ -174,7 +183,7 @@ class ReadModels:
                     return
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise _behind(name, known, target, self.wait_seconds)
+                    raise _behind(name, known, target, self.wait_seconds, self._outdated.get(name))
                 polled = self._polled
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(polled.wait(), timeout=remaining)
@@ -194,11 +203,23 @@ class ReadModels:
 
 
 def _behind(
-    name: str, state: tuple[int, int] | None, target: int, waited: float
+    name: str,
+    state: tuple[int, int] | None,
+    target: int,
+    waited: float,
+    outdated: str | None = None,
 ) -> ReadModelUnavailable:
     if state is None:
         return ReadModelUnavailable(
             "projection_not_ready", f"read model {name} has not been built yet; retry shortly"
+        )
+    if outdated:
+        # Its tables are readable but no worker of this release writes them.
+        return ReadModelUnavailable(
+            "projection_outdated",
+            f"read model {name} reflects position {state[1]}, not min_position {target}, and "
+            f"will not move: {outdated}",
+            {"position": state[1], "min_position": target},
         )
     return ReadModelUnavailable(
         "projection_behind",

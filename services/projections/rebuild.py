@@ -7,7 +7,9 @@ generation, all in one transaction: queries see either the old tables or the com
 new ones, never a half-built state. Events a projection cannot apply are parked for the
 new generation as the worker parks them (``parking``); at the switch they replace the old
 generation's parked events. The old generation is dropped after a grace period
-that lets queries already running on it finish.
+that lets queries already running on it finish. The new tables have the projection's
+current layout, so the switch records its schema version too: a rebuild is how tables of
+an older layout are replaced.
 """
 
 from __future__ import annotations
@@ -134,6 +136,7 @@ async def _switch(engine: AsyncEngine, source: EventSource, build: Build, batch:
                 position=build.position,
                 skipped=build.skipped,
                 building_generation=None,
+                schema_version=projection.schema_version,
             )
         )
 

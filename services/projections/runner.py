@@ -59,12 +59,17 @@ async def ensure_projection(engine: AsyncEngine, projection: Projection) -> Stat
         states = await read_states(conn, [projection.name])
         state = states.get(projection.name)
         if state is None:
+            version = projection.schema_version
             await conn.execute(
                 insert(projection_state).values(
-                    name=projection.name, generation=1, position=0, skipped=0
+                    name=projection.name,
+                    generation=1,
+                    position=0,
+                    skipped=0,
+                    schema_version=version,
                 )
             )
-            state = State(projection.name, 1, 0)
+            state = State(projection.name, 1, 0, schema_version=version)
         await projection.create_tables(conn, state.generation)
         return state
 
@@ -77,12 +82,14 @@ async def apply_batch(
     The state row is locked first, so two workers never apply the same events twice. An
     event the projection cannot apply is parked in the same transaction (``parking``).
     A batch that moved the position is timed and counted (``metrics``) once committed.
+    Tables at another schema version than the projection's are left alone (a rebuild by
+    another release may have switched them since the caller looked).
     """
     started = time.perf_counter()
     async with engine.begin() as conn:
         state = await lock_state(conn, projection.name)
         todo = [r for r in records if r.position > state.position]
-        if not todo:
+        if not todo or projection.schema_problem(state.schema_version):
             return state.position
         parked = await apply_or_park(conn, projection, state.generation, todo)
         new_position = todo[-1].position
@@ -115,6 +122,8 @@ class Worker:
         self._held: set[str] = set()
         self._lock_conn: Any = None
         self.positions: dict[str, int] = {}
+        # Projections whose tables are at another schema version: why they are not run.
+        self.refused: dict[str, str] = {}
 
     # --- control --------------------------------------------------------------------
 
@@ -184,10 +193,17 @@ class Worker:
         return [p.name for p in self._active_projections()]
 
     async def step(self, projections: Sequence[Projection] | None = None) -> int:
-        """Process one batch for the given projections; return how many events were read."""
+        """Process one batch for the given projections; return how many events were read.
+
+        A projection whose tables are at another schema version is not run: it is named in
+        :attr:`refused` and logged once, with the rebuild that makes it run again.
+        """
         projections = list(projections if projections is not None else self.projections)
         async with self.engine.connect() as conn:
             states = await read_states(conn, [p.name for p in projections])
+        projections = [p for p in projections if self._may_write(p, states[p.name])]
+        if not projections:
+            return 0
         start = min(states[p.name].position for p in projections)
         records = await asyncio.to_thread(self.source.read, start, self.batch_size)
         if not records:
@@ -197,6 +213,21 @@ class Worker:
         )
         self.positions.update({p.name: pos for p, pos in zip(projections, positions, strict=True)})
         return len(records)
+
+    def _may_write(self, projection: Projection, state: State) -> bool:
+        problem = projection.schema_problem(state.schema_version)
+        if problem is None:
+            if self.refused.pop(projection.name, None):
+                log.info(
+                    "projection %s: tables at schema version %d, running",
+                    projection.name,
+                    state.schema_version,
+                )
+            return True
+        if self.refused.get(projection.name) != problem:
+            log.error("%s; not running it until then", problem)
+            self.refused[projection.name] = problem
+        return False
 
     async def catch_up(self, projections: Sequence[Projection] | None = None) -> None:
         """Process batches until every given projection has reached the current head."""
@@ -260,7 +291,8 @@ async def projection_status(
             for position in sorted(set(positions.values()))
         }
     out = []
-    for name, position in positions.items():
+    for projection in all_projections():
+        name, position = projection.name, positions[projection.name]
         state = states.get(name)
         out.append(
             {
@@ -273,6 +305,10 @@ async def projection_status(
                 "parked": parked.get(name, 0),
                 "skipped": state.skipped if state else 0,
                 "rebuilding": state.building_generation if state else None,
+                "schema_version": state.schema_version if state else None,
+                "schema_problem": projection.schema_problem(state.schema_version)
+                if state
+                else None,
             }
         )
     return out
@@ -287,4 +323,4 @@ async def read_position(engine: AsyncEngine, name: str) -> State | None:
         )
     if row is None:
         return None
-    return State(row["name"], row["generation"], row["position"], row["skipped"])
+    return State.of(row)

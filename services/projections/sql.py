@@ -85,6 +85,11 @@ class UtcDateTime(TypeDecorator[datetime]):
         return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
+Position = BigInteger().with_variant(Integer(), "sqlite")
+"""A log position (or a count of events): 64-bit. PostgreSQL's BIGINT; on SQLite plain
+INTEGER, which holds 64 bits already and keeps an integer primary key the table's rowid."""
+
+
 # --- bulk writes ----------------------------------------------------------------------------
 
 

@@ -49,6 +49,8 @@ class Analytics(Projection):
 
     name = "analytics"
     handles = DEAL_EVENTS | PIPELINE_EVENTS | OWNER_EVENTS
+    schema_version = schema.SCHEMA_VERSION
+    readable_since = schema.READABLE_SINCE
     ignores: frozenset[str] = frozenset()
 
     def define(self, metadata: MetaData, suffix: str) -> dict[str, Table]:

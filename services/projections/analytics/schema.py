@@ -21,7 +21,13 @@ from __future__ import annotations
 from sqlalchemy import JSON, Column, Date, Index, Integer, MetaData, String, Table
 
 from services.projections.folding import activity_columns
-from services.projections.sql import Money, UtcDateTime
+from services.projections.sql import Money, Position, UtcDateTime
+
+# The layout of these tables (see ``Projection.schema_version``); raise it with any change.
+#   1: the first layout (positions 32-bit on PostgreSQL)
+#   2: positions 64-bit; the activities and responses tables
+SCHEMA_VERSION = 2
+READABLE_SINCE = 2  # queries read what version 1 lacks
 
 
 def define(metadata: MetaData, suffix: str) -> dict[str, Table]:
@@ -31,7 +37,7 @@ def define(metadata: MetaData, suffix: str) -> dict[str, Table]:
         f"analytics_deal_history{suffix}",
         metadata,
         Column("deal_id", String(36), primary_key=True),
-        Column("position", Integer, primary_key=True, autoincrement=False),
+        Column("position", Position, primary_key=True, autoincrement=False),
         Column("valid_from", UtcDateTime(), nullable=False),
         Column("valid_to", UtcDateTime(), nullable=True),
         Column("pipeline_id", String(36), nullable=False),
@@ -49,7 +55,7 @@ def define(metadata: MetaData, suffix: str) -> dict[str, Table]:
         f"analytics_pipeline_history{suffix}",
         metadata,
         Column("pipeline_id", String(36), primary_key=True),
-        Column("position", Integer, primary_key=True, autoincrement=False),
+        Column("position", Position, primary_key=True, autoincrement=False),
         Column("valid_from", UtcDateTime(), nullable=False),
         Column("valid_to", UtcDateTime(), nullable=True),
         Column("state", JSON, nullable=False),
@@ -63,13 +69,13 @@ def define(metadata: MetaData, suffix: str) -> dict[str, Table]:
         Column("reached_at", UtcDateTime(), nullable=False),
         Column("how", String(8), nullable=False),
         Column("owner", String(100), nullable=False),
-        Column("position", Integer, nullable=False),
+        Column("position", Position, nullable=False),
     )
     Index(f"ix_ar{suffix}_pipeline", reach.c.pipeline_id, reach.c.reached_at)
     outcomes = Table(
         f"analytics_outcomes{suffix}",
         metadata,
-        Column("position", Integer, primary_key=True, autoincrement=False),
+        Column("position", Position, primary_key=True, autoincrement=False),
         Column("deal_id", String(36), nullable=False),
         Column("pipeline_id", String(36), nullable=False),
         Column("outcome", String(4), nullable=False),
@@ -85,7 +91,7 @@ def define(metadata: MetaData, suffix: str) -> dict[str, Table]:
         f"analytics_memberships{suffix}",
         metadata,
         Column("owner", String(100), primary_key=True),
-        Column("position", Integer, primary_key=True, autoincrement=False),
+        Column("position", Position, primary_key=True, autoincrement=False),
         Column("valid_from", UtcDateTime(), nullable=False),
         Column("team", String(100), nullable=True),
         Column("region", String(100), nullable=True),
@@ -94,7 +100,7 @@ def define(metadata: MetaData, suffix: str) -> dict[str, Table]:
         f"analytics_activities{suffix}",
         metadata,
         Column("activity_id", String(36), primary_key=True),
-        Column("position", Integer, primary_key=True, autoincrement=False),
+        Column("position", Position, primary_key=True, autoincrement=False),
         Column("deal_id", String(36), nullable=False),
         Column("valid_from", UtcDateTime(), nullable=False),
         Column("valid_to", UtcDateTime(), nullable=True),
@@ -110,7 +116,7 @@ def define(metadata: MetaData, suffix: str) -> dict[str, Table]:
         Column("created_at", UtcDateTime(), nullable=False),
         Column("responded_at", UtcDateTime(), nullable=True),
         Column("activity_id", String(36), nullable=True),
-        Column("position", Integer, nullable=False),
+        Column("position", Position, nullable=False),
     )
     Index(f"ix_arsp{suffix}_created", responses.c.created_at)
     return {

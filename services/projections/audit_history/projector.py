@@ -196,6 +196,8 @@ class AuditHistory(Projection):
 
     name = "audit_history"
     handles = DEAL_EVENTS | PIPELINE_EVENTS | OWNER_EVENTS
+    schema_version = schema.SCHEMA_VERSION
+    readable_since = schema.READABLE_SINCE
     ignores: frozenset[str] = frozenset()
     records_unknown = True
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from sqlalchemy import JSON, Column, Index, Integer, MetaData, String, Table
 
-from services.projections.sql import UtcDateTime
+from services.projections.sql import Position, UtcDateTime
+
+# The layout of these tables (see ``Projection.schema_version``); raise it with any change.
+#   1: positions as 32-bit integers on PostgreSQL
+#   2: positions 64-bit (version 1 tables are still read while a rebuild replaces them)
+SCHEMA_VERSION = 2
+READABLE_SINCE = 1
 
 
 def define(metadata: MetaData, suffix: str) -> dict[str, Table]:
@@ -12,7 +18,7 @@ def define(metadata: MetaData, suffix: str) -> dict[str, Table]:
     events = Table(
         f"audit_history_events{suffix}",
         metadata,
-        Column("position", Integer, primary_key=True, autoincrement=False),
+        Column("position", Position, primary_key=True, autoincrement=False),
         Column("aggregate_id", String(36), nullable=False),
         Column("aggregate_type", String(40), nullable=False),
         Column("event_type", String(60), nullable=False),

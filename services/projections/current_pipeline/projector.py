@@ -50,6 +50,8 @@ class CurrentPipeline(Projection):
 
     name = "current_pipeline"
     handles = DEAL_EVENTS | PIPELINE_EVENTS
+    schema_version = schema.SCHEMA_VERSION
+    readable_since = schema.READABLE_SINCE
     ignores = OWNER_EVENTS
 
     def define(self, metadata: MetaData, suffix: str) -> dict[str, Table]:

@@ -6,7 +6,14 @@ from __future__ import annotations
 from sqlalchemy import JSON, Boolean, Column, Date, Index, Integer, MetaData, String, Table
 
 from services.projections.folding import activity_columns
-from services.projections.sql import Money, UtcDateTime
+from services.projections.sql import Money, Position, UtcDateTime
+
+# The layout of these tables (see ``Projection.schema_version``); raise it with any change.
+#   1: the first layout (positions 32-bit on PostgreSQL)
+#   2: positions 64-bit; each deal's open and next activities, the activities
+#      table, the pipeline's checklist rule
+SCHEMA_VERSION = 2
+READABLE_SINCE = 2  # queries read what version 1 lacks
 
 
 def define(metadata: MetaData, suffix: str) -> dict[str, Table]:
@@ -45,7 +52,7 @@ def define(metadata: MetaData, suffix: str) -> dict[str, Table]:
         Column("last_completed_activity", JSON, nullable=True),
         Column("version", Integer, nullable=False),
         Column("updated_at", UtcDateTime(), nullable=False),
-        Column("position", Integer, nullable=False),
+        Column("position", Position, nullable=False),
     )
     Index(f"ix_cpd{suffix}_order", deals.c.created_at, deals.c.deal_id)
     Index(
@@ -71,7 +78,7 @@ def define(metadata: MetaData, suffix: str) -> dict[str, Table]:
         Column("deal_id", String(36), nullable=False),
         Column("pipeline_id", String(36), nullable=False),  # the deal's, now
         *activity_columns(),
-        Column("position", Integer, nullable=False),
+        Column("position", Position, nullable=False),
     )
     Index(f"ix_cpa{suffix}_deal", activities.c.deal_id, activities.c.due_order)
     Index(f"ix_cpa{suffix}_order", activities.c.due_order, activities.c.activity_id)
@@ -105,7 +112,7 @@ def define(metadata: MetaData, suffix: str) -> dict[str, Table]:
         Column("version", Integer, nullable=False),
         Column("created_at", UtcDateTime(), nullable=False),
         Column("updated_at", UtcDateTime(), nullable=False),
-        Column("position", Integer, nullable=False),
+        Column("position", Position, nullable=False),
     )
     totals = Table(
         f"current_pipeline_stage_totals{suffix}",

@@ -32,6 +32,8 @@ class StageDurations(Projection):
     name = "stage_durations"
     handles = DEAL_EVENTS - ACTIVITY_EVENTS
     ignores = PIPELINE_EVENTS | OWNER_EVENTS | ACTIVITY_EVENTS
+    schema_version = schema.SCHEMA_VERSION
+    readable_since = schema.READABLE_SINCE
 
     def define(self, metadata: MetaData, suffix: str) -> dict[str, Table]:
         return schema.define(metadata, suffix)
