@@ -16,8 +16,11 @@ from libs.application.store import StoreLocation
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
-def make_engine(location: StoreLocation, *, pool_size: int = 10) -> AsyncEngine:
-    """An engine on the same database as the events (aiosqlite or asyncpg)."""
+def make_engine(
+    location: StoreLocation, *, pool_size: int = 10, read_only: bool = False
+) -> AsyncEngine:
+    """An engine on the same database as the events (aiosqlite or asyncpg); ``read_only``
+    (PostgreSQL): every transaction read-only, as on a replica that takes no writes."""
     url = location.sqlalchemy_url()
     if location.is_postgres:
         # Read models grow by orders of magnitude (a rebuild fills them from empty), and
@@ -26,6 +29,8 @@ def make_engine(location: StoreLocation, *, pool_size: int = 10) -> AsyncEngine:
         settings = {"plan_cache_mode": "force_custom_plan"}
         if location.schema:
             settings["search_path"] = location.schema
+        if read_only:
+            settings["default_transaction_read_only"] = "on"
         connect_args: dict[str, Any] = {
             "timeout": 5,
             "command_timeout": 60,

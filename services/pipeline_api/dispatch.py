@@ -37,8 +37,9 @@ class Sender:
         self.response = response
 
     def _open_deals(self, pipeline_id: UUID, stage_id: str, at_least: int) -> Sequence[str]:
-        # Called by a handler in a worker thread; the read model is read on the loop.
-        models = self.runtime.read_models
+        # Called by a handler in a worker thread; the read model is read on the loop, on
+        # the primary (a command looks at the log's head, which a replica may lag behind).
+        models = self.runtime.primary_reads
         return anyio.from_thread.run(open_deals_in_stage, models, pipeline_id, stage_id, at_least)
 
     async def __call__(

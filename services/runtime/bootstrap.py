@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.application.app import Clock, DealtrailApplication, utc_now
 from libs.application.failures import is_unavailable
+from libs.application.sql import make_engine
 from services.audit.checkpoints import Checkpointer
 from services.projections.read_models import ReadModels
 from services.projections.runner import Worker
@@ -35,6 +36,10 @@ class Runtime:
     keyring: KeyRing
     clock: Clock
     read_models: ReadModels
+    """What queries read: on the replica of ``DEALTRAIL_READ_DATABASE_URL`` if there is one."""
+    primary_reads: ReadModels
+    """The read models on the primary, for what a command looks up at the log's head (which
+    a replica may not have reached yet); ``read_models`` when there is no replica."""
     breaker: StoreBreaker
     worker: Worker | None = None
     generated_admin_token: str | None = None
@@ -43,6 +48,8 @@ class Runtime:
     async def aclose(self) -> None:
         for stopper in reversed(self.background):
             await stopper()
+        if self.read_models.engine is not self.engine:
+            await self.read_models.engine.dispose()
         await self.engine.dispose()
         await asyncio.to_thread(self.application.close)
 
@@ -61,6 +68,10 @@ async def bootstrap(settings: Settings, clock: Clock = utc_now) -> Runtime:
     assert worker is not None
     instrument_engine(stores.engine)
     read_models = ReadModels(stores.engine, settings.read_wait_seconds, settings.max_read_waiters)
+    primary_reads = read_models
+    if settings.read_database_url.get_secret_value():
+        replica = make_engine(settings.read_store, pool_size=SERVICE_POOL_SIZE, read_only=True)
+        read_models = ReadModels(replica, settings.read_wait_seconds, settings.max_read_waiters)
     runtime = Runtime(
         settings=settings,
         application=stores.application,
@@ -68,6 +79,7 @@ async def bootstrap(settings: Settings, clock: Clock = utc_now) -> Runtime:
         keyring=keyring,
         clock=clock,
         read_models=read_models,
+        primary_reads=primary_reads,
         breaker=StoreBreaker(settings.store),
         generated_admin_token=generated,
     )

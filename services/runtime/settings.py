@@ -13,7 +13,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from libs.application.integrity import CheckpointPolicy, Signer
-from libs.application.store import StoreLocation
+from libs.application.store import BadDatabaseUrl, StoreLocation
 from libs.domain.actors import Actor, Role
 
 MIN_TOKEN_LENGTH = 16
@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     # configuration and the password in a secret store.
     database_password: SecretStr | None = Field(default=None, alias="DEALTRAIL_DATABASE_PASSWORD")
     database_schema: str = Field(default="", alias="DEALTRAIL_DB_SCHEMA")
+    # Queries only: a PostgreSQL replica of DATABASE_URL (same tables, kept in step by it).
+    read_database_url: SecretStr = Field(
+        default=SecretStr(""), alias="DEALTRAIL_READ_DATABASE_URL"
+    )
     api_keys: SecretStr = Field(default=SecretStr(""), alias="DEALTRAIL_API_KEYS")
     api_keys_file: Path | None = Field(default=None, alias="DEALTRAIL_API_KEYS_FILE")
     environment: Literal["development", "production"] = Field(
@@ -80,6 +84,20 @@ class Settings(BaseSettings):
         if value is None or not value.get_secret_value().strip():
             return None
         return value
+
+    @model_validator(mode="after")
+    def _replica_of_postgres(self) -> Settings:
+        if self.read_database_url.get_secret_value():
+            try:
+                replica = StoreLocation.parse(self.read_database_url.get_secret_value())
+            except BadDatabaseUrl as exc:
+                raise ValueError(f"DEALTRAIL_READ_DATABASE_URL: {exc}") from None
+            if not (replica.is_postgres and self.store.is_postgres):
+                raise ValueError(
+                    "DEALTRAIL_READ_DATABASE_URL names a PostgreSQL replica of a PostgreSQL "
+                    "DATABASE_URL; SQLite has no replicas"
+                )
+        return self
 
     @field_validator("signing_key")
     @classmethod
@@ -160,8 +178,9 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """Every secret value configured (tokens, passwords, keys), to keep out of logs."""
         values = list(self.api_key_map)
-        if self.store.password:
-            values.append(self.store.password)
+        for location in (self.store, self.read_store):
+            if location.password:
+                values.append(location.password)
         for secret in (self.signing_key, self.database_password):
             if secret is not None:
                 values.append(secret.get_secret_value().strip())
@@ -173,6 +192,21 @@ class Settings(BaseSettings):
         if self.database_password is not None and location.is_postgres:
             location = replace(location, password=self.database_password.get_secret_value())
         return location
+
+    @cached_property
+    def read_store(self) -> StoreLocation:
+        """Where queries read: the replica of ``DEALTRAIL_READ_DATABASE_URL`` (in the schema
+        its ``?schema=`` names, else ``DEALTRAIL_DB_SCHEMA``; with the password of
+        ``DEALTRAIL_DATABASE_PASSWORD`` unless it names one), else the store itself."""
+        url = self.read_database_url.get_secret_value()
+        if not url:
+            return self.store
+        replica = StoreLocation.parse(url)
+        if not replica.schema:
+            replica = replace(replica, schema=self.database_schema)
+        if not replica.password and self.database_password is not None:
+            replica = replace(replica, password=self.database_password.get_secret_value())
+        return replica
 
     @cached_property
     def signer(self) -> Signer | None:
