@@ -17,6 +17,7 @@ import pytest
 from services.pipeline_api.main import create_app
 from services.runtime.bootstrap import bootstrap
 from services.runtime.settings import Settings
+from tests.documented import checking_hook
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 PG_URL = os.environ.get("TEST_DATABASE_URL", DEFAULT_PG_URL)
@@ -137,11 +138,15 @@ def settings(backend: Backend, tmp_path: Path) -> Settings:
 @asynccontextmanager
 async def client_for(settings: Settings, clock: TestClock) -> AsyncIterator[httpx.AsyncClient]:
     """An httpx client talking to the real app on ``settings`` (lifespan run, real stores);
-    ``client.app`` is the app."""
+    ``client.app`` is the app. An error status the OpenAPI document does not list for the
+    operation fails the request (``tests/documented.py``)."""
     app = create_app(settings, wire=lambda s: bootstrap(s, clock=clock))
+    hooks = {"response": [checking_hook(app.openapi)]}  # errors must be documented
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://dealtrail") as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://dealtrail", event_hooks=hooks
+        ) as client:
             client.app = app  # type: ignore[attr-defined]
             yield client
 

@@ -7,11 +7,13 @@ import re
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from fastapi.security import HTTPBearer
 
 from libs.application.app import DealtrailApplication
 from libs.domain.actors import Actor
 from libs.observability import context
 from services.pipeline_api.errors import ApiError
+from services.pipeline_api.openapi import raises
 from services.pipeline_api.query_cache import QueryCache
 from services.pipeline_api.rate_limits import RateLimiter
 from services.projections.read_models import ReadModels
@@ -20,6 +22,7 @@ from services.runtime.bootstrap import Runtime
 _ETAG_RE = re.compile(r'^\s*(?:W/)?"?(\d{1,12})"?\s*$')
 
 
+@raises(503)
 async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime | None = getattr(request.app.state, "runtime", None)
     if runtime is None:
@@ -30,6 +33,7 @@ async def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
+@raises(503)
 async def reachable_runtime(runtime: RuntimeDep) -> Runtime:
     """The runtime, after checking the database is back if it was recently down."""
     if not await runtime.breaker.reachable():
@@ -52,6 +56,7 @@ async def get_application(runtime: ReachableRuntime) -> DealtrailApplication:
 ApplicationDep = Annotated[DealtrailApplication, Depends(get_application)]
 
 
+@raises(503)
 async def get_read_models(runtime: ReachableRuntime) -> ReadModels:
     models: ReadModels | None = getattr(runtime, "read_models", None)
     if models is None:
@@ -71,10 +76,26 @@ async def get_query_cache(request: Request, _runtime: RuntimeDep) -> QueryCache:
 QueryCacheDep = Annotated[QueryCache, Depends(get_query_cache)]
 
 
+class BearerToken(HTTPBearer):
+    """The ``Authorization`` header as sent (:func:`current_principal` reads it), declared
+    in the OpenAPI document as the HTTP bearer scheme, so that /docs can send a token."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            auto_error=False,
+            scheme_name="bearerAuth",
+            description="An API key of DEALTRAIL_API_KEYS: `Authorization: Bearer <token>`",
+        )
+
+    async def __call__(self, request: Request) -> str | None:  # type: ignore[override]
+        return request.headers.get("Authorization")
+
+
+@raises(401, 429)
 async def current_principal(
     request: Request,
     runtime: RuntimeDep,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    authorization: Annotated[str | None, Depends(BearerToken())] = None,
 ) -> Actor:
     """The actor behind the bearer token; counts the request against the token's rate
     limit (429 when over it)."""
@@ -107,6 +128,7 @@ def bearer_token(authorization: str | None) -> str:
 CurrentPrincipal = Annotated[Actor, Depends(current_principal)]
 
 
+@raises(422)
 async def expected_version(
     if_match: Annotated[
         str | None,

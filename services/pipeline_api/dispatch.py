@@ -21,6 +21,7 @@ from libs.application.handlers import handle
 from libs.domain.actors import Actor
 from libs.domain.commands import Change, Command, CommandResult
 from services.pipeline_api.deps import CurrentPrincipal, ExpectedVersion, ReachableRuntime
+from services.pipeline_api.openapi import raises
 from services.queries.deals import open_deals_in_stage
 from services.runtime.bootstrap import Runtime
 
@@ -63,6 +64,9 @@ class Sender:
         return {**result.state, "position": result.position}
 
 
+# What the domain may refuse: 403 (role), 404 (the aggregate), 409 (its state, or a race
+# lost too often), 412 (If-Match), 422 (input); a creation has no aggregate to miss yet.
+@raises(403, 404, 409, 412, 422)
 async def change_sender(
     runtime: ReachableRuntime,
     principal: CurrentPrincipal,
@@ -72,6 +76,7 @@ async def change_sender(
     return Sender(runtime, principal, version, response)
 
 
+@raises(403, 409, 422)
 async def command_sender(
     runtime: ReachableRuntime, principal: CurrentPrincipal, response: Response
 ) -> Sender:

@@ -204,29 +204,3 @@ def install_error_handlers(api: FastAPI) -> None:
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error", exc_info=exc)
         return error_response(500, "internal_error", "unexpected error; it has been logged")
-
-
-_ERROR_DESCRIPTIONS = {
-    401: "Missing or unknown bearer token",
-    403: "The principal's role does not allow this",
-    404: "No such resource",
-    409: "The command breaks a rule of the deal's current state",
-    412: "If-Match names a stale version",
-    413: "Request body over the size limit",
-    422: "Invalid input; `details.field` names the field",
-    503: "The database is unreachable, or a read waited too long for a projection",
-}
-# Only one status names the model (that registers the ErrorResponse schema); the others
-# point at it. FastAPI builds a validator for every response model of every route in
-# every app, so eight models per route made each app's first request noticeably slower.
-_ERROR_SCHEMA = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
-
-
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: (
-        {"model": ErrorResponse, "description": desc}
-        if status == 422
-        else {"description": desc, "content": _ERROR_SCHEMA}
-    )
-    for status, desc in _ERROR_DESCRIPTIONS.items()
-}

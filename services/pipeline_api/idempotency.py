@@ -32,6 +32,7 @@ from services.pipeline_api.deps import RuntimeDep, bearer_token, current_princip
 from services.pipeline_api.errors import error_response
 from services.pipeline_api.idempotency_store import MAX_KEY_LENGTH, IdempotencyStore
 from services.pipeline_api.limits import BODY_METHODS, read_body, replaying
+from services.pipeline_api.openapi import raises
 
 log = logging.getLogger("dealtrail.api")
 
@@ -171,6 +172,7 @@ def _replay(row: dict[str, Any]) -> Response:
     return response
 
 
+@raises(409, 422)
 async def claim_key(
     request: Request,
     _runtime: RuntimeDep,

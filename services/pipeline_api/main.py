@@ -23,6 +23,7 @@ from services.pipeline_api.idempotency import (
 from services.pipeline_api.idempotency_store import PURGE_EVERY_SECONDS, IdempotencyStore
 from services.pipeline_api.limits import BodySizeLimitMiddleware, RequestBodyMiddleware
 from services.pipeline_api.observe import ObservedRequests
+from services.pipeline_api.openapi import describe_errors, install_openapi, operation_id
 from services.pipeline_api.query_cache import QueryCache
 from services.pipeline_api.rate_limits import RateLimiter
 from services.pipeline_api.routers import (
@@ -49,6 +50,26 @@ from services.runtime.tracing import instrument_app, setup_tracing
 log = logging.getLogger("dealtrail")
 
 Bootstrap = Callable[[Settings], Awaitable[Runtime]]
+
+# Every router of the API, in the order their routes are matched. A router listed here
+# gets its operations' error statuses documented (services/pipeline_api/openapi.py).
+ROUTERS = (
+    pipelines.router,
+    board.router,
+    deals.router,
+    deal_queries.router,
+    activities.router,
+    activity_queries.router,
+    audit.router,
+    reports.router,
+    exports.router,
+    integrity.router,
+    imports.router,
+    owners.router,
+    me.router,
+    dashboard.router,
+    health.router,
+)
 
 
 class DealtrailAPI(FastAPI):
@@ -106,6 +127,7 @@ def create_app(settings: Settings | None = None, *, wire: Bootstrap | None = Non
             'errors share one shape: `{"error": {"code", "message", "details"}}`.'
         ),
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
     )
     # Set by the lifespan: the runtime, and the parts only the API uses.
     app.state.runtime = None
@@ -114,21 +136,9 @@ def create_app(settings: Settings | None = None, *, wire: Bootstrap | None = Non
     app.state.rate_limiter = None
     install_error_handlers(app)
     app.add_exception_handler(IdempotentAnswer, idempotent_answer)
-    app.include_router(pipelines.router)
-    app.include_router(board.router)
-    app.include_router(deals.router)
-    app.include_router(deal_queries.router)
-    app.include_router(activities.router)
-    app.include_router(activity_queries.router)
-    app.include_router(audit.router)
-    app.include_router(reports.router)
-    app.include_router(exports.router)
-    app.include_router(integrity.router)
-    app.include_router(imports.router)
-    app.include_router(owners.router)
-    app.include_router(me.router)
-    app.include_router(dashboard.router)
-    app.include_router(health.router)
+    for router in ROUTERS:
+        describe_errors(router.routes)
+        app.include_router(router)
 
     # Each one added wraps the ones before: the size limit guards everything, then the
     # body's type and syntax are checked, then idempotency wraps the routes.
@@ -142,6 +152,7 @@ def create_app(settings: Settings | None = None, *, wire: Bootstrap | None = Non
     provider = setup_tracing(settings)
     if provider is not None:
         instrument_app(app, provider)
+    install_openapi(app)
     return app
 
 

@@ -136,6 +136,24 @@ class StageIn(_Body):
 class PipelineCreate(_Body):
     """Define a pipeline; stages and lost reasons default to the B2B template."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"name": "New business", "currency": "EUR", "stale_after_days": 30},
+                {
+                    "name": "Renewals",
+                    "currency": "USD",
+                    "stages": [
+                        {"name": "Due", "probability": 60, "rotting_days": 30},
+                        {"name": "Quoted", "probability": 80, "requires": ["value"]},
+                    ],
+                    "lost_reasons": ["Price", "Churned"],
+                    "allow_skipping_stages": False,
+                },
+            ]
+        }
+    )
+
     name: str = Field(max_length=100)
     currency: str = Field(description="ISO 4217 code, e.g. EUR")
     stages: list[StageIn] | None = Field(default=None, max_length=30)
@@ -155,6 +173,10 @@ class PipelineCreate(_Body):
 class PipelinePatch(_Body):
     """Rename a pipeline or change its rules; only fields present change."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"name": "New business (EMEA)", "stale_after_days": 21}]}
+    )
+
     name: str | None = Field(default=None, max_length=100)
     allow_skipping_stages: bool | None = None
     allow_moving_back: bool | None = None
@@ -166,12 +188,30 @@ class PipelinePatch(_Body):
 class StageCreate(StageIn):
     """Add a stage at a position (0 = first; default last)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Proposal review",
+                    "probability": 60,
+                    "rotting_days": 14,
+                    "position": 3,
+                    "requires": ["value", "expected_close_date"],
+                }
+            ]
+        }
+    )
+
     position: int | None = Field(default=None, ge=0, le=30)
     occurred_at: Moment | None = OccurredAt
 
 
 class StagePatch(_Body):
     """Rename a stage or change its probability, rotting threshold or requirements."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"probability": 55, "rotting_days": 10}]}
+    )
 
     name: str | None = Field(default=None, max_length=100)
     probability: int | None = None
@@ -186,12 +226,22 @@ class StagePatch(_Body):
 class StageOrder(_Body):
     """Every current stage id, in the new order."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"stage_order": ["deal-created", "demo-or-meeting", "quote-sent", "negotiation"]}
+            ]
+        }
+    )
+
     stage_order: list[str] = Field(max_length=30)
     occurred_at: Moment | None = OccurredAt
 
 
 class LostReasonIn(_Body):
     """A lost reason to add (or bring back from retirement)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"reason": "No budget"}]})
 
     reason: str = Field(max_length=100)
     occurred_at: Moment | None = OccurredAt
@@ -251,6 +301,22 @@ class PipelinesPublic(BaseModel):
 class DealCreate(_Body):
     """Open a deal in a pipeline."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "pipeline_id": "0f8e2c1a-4b6d-4e2f-9a3b-5c7d9e1f2a4b",
+                    "title": "ACME renewal",
+                    "value": "12000.00",
+                    "owner": "rita",
+                    "expected_close_date": "2026-09-30",
+                    "account": "ACME",
+                    "product": "GTX Pro",
+                }
+            ]
+        }
+    )
+
     pipeline_id: UUID
     title: str = Field(max_length=200)
     value: Decimal = Field(description="Amount in the pipeline's currency; a string keeps it exact")
@@ -271,6 +337,10 @@ class DealCreate(_Body):
 class DealAdvance(_Body):
     """Move a deal to another stage (forwards or backwards)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"stage": "Quote sent", "note": "pricing sent on Monday"}]}
+    )
+
     stage: str = Field(description="Stage id or name")
     note: str | None = Field(default=None, max_length=2000)
     occurred_at: Moment | None = OccurredAt
@@ -279,11 +349,19 @@ class DealAdvance(_Body):
 class DealWin(_Body):
     """Close a deal as won."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"occurred_at": "2026-05-28T16:00:00Z"}]}
+    )
+
     occurred_at: Moment | None = OccurredAt
 
 
 class DealLose(_Body):
     """Close a deal as lost, for one of the pipeline's lost reasons."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"reason": "Price", "note": "went with a cheaper offer"}]}
+    )
 
     reason: str = Field(description="One of the pipeline's lost reasons")
     note: str | None = Field(default=None, max_length=2000, description="Free text")
@@ -293,6 +371,12 @@ class DealLose(_Body):
 class DealReopen(_Body):
     """Bring a won or lost deal back into the pipeline."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"stage": "negotiation", "note": "they came back with a budget"}]
+        }
+    )
+
     stage: str | None = Field(default=None, description="Defaults to the stage it closed in")
     note: str | None = Field(default=None, max_length=2000)
     occurred_at: Moment | None = OccurredAt
@@ -300,6 +384,15 @@ class DealReopen(_Body):
 
 class DealPatch(_Body):
     """Change some of a deal's fields; only fields present in the body change."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"value": "15000.00", "expected_close_date": "2026-10-15"},
+                {"probability_override": None},
+            ]
+        }
+    )
 
     title: str | None = Field(default=None, max_length=200)
     value: Decimal | None = None
@@ -319,6 +412,18 @@ class DealPatch(_Body):
 class DealMove(_Body):
     """Move a deal into another pipeline (same currency); its history stays."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "pipeline_id": "7d1c5e2b-9a4f-4c3e-8b6a-2f1e0d9c8b7a",
+                    "stage": "quote-sent",
+                    "note": "handled by renewals now",
+                }
+            ]
+        }
+    )
+
     pipeline_id: UUID
     stage: str | None = Field(default=None, description="Defaults to the first stage")
     note: str | None = Field(default=None, max_length=2000)
@@ -328,6 +433,14 @@ class DealMove(_Body):
 class DealSnooze(_Body):
     """Keep a deal off the stale list until a moment, for a reason."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"until": "2026-07-01T00:00:00Z", "reason": "customer on holiday until July"}
+            ]
+        }
+    )
+
     until: Moment
     reason: str = Field(max_length=2000)
     occurred_at: Moment | None = OccurredAt
@@ -335,6 +448,21 @@ class DealSnooze(_Body):
 
 class ActivityCreate(_Body):
     """Plan a call, meeting, email, task or deadline on a deal."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "call",
+                    "subject": "Discovery call with ACME",
+                    "due_at": "2026-06-03T09:30:00Z",
+                    "duration_minutes": 30,
+                    "assignee": "rita",
+                    "note": "ask about the budget",
+                }
+            ]
+        }
+    )
 
     type: ActivityType
     subject: str = Field(max_length=200)
@@ -349,6 +477,10 @@ class ActivityCreate(_Body):
 
 class ActivityPatch(_Body):
     """Reschedule, reassign or edit an open activity; only fields present change."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"due_at": "2026-06-04T14:00:00Z", "assignee": "raj"}]}
+    )
 
     type: ActivityType | None = None
     subject: str | None = Field(default=None, max_length=200)
@@ -365,12 +497,20 @@ class ActivityPatch(_Body):
 class ActivityComplete(_Body):
     """Mark an activity done."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"outcome": "budget confirmed; quote next week"}]}
+    )
+
     outcome: str | None = Field(default=None, max_length=2000, description="What came of it")
     occurred_at: Moment | None = OccurredAt
 
 
 class ActivityCancel(_Body):
     """Cancel an activity."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"reason": "the customer cancelled the meeting"}]}
+    )
 
     reason: str | None = Field(default=None, max_length=2000)
     occurred_at: Moment | None = OccurredAt
@@ -379,12 +519,24 @@ class ActivityCancel(_Body):
 class ChecklistWaive(_Body):
     """Waive the open checklist items of the deal's stage."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"reason": "signed contract received by post"}]}
+    )
+
     reason: str = Field(max_length=2000)
     occurred_at: Moment | None = OccurredAt
 
 
 class OwnerTeam(_Body):
     """An owner's team and region from ``occurred_at`` on (null leaves them unset)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"team": "Enterprise", "region": "EMEA", "occurred_at": "2026-01-01T00:00:00Z"}
+            ]
+        }
+    )
 
     team: str | None = Field(default=None, max_length=100)
     region: str | None = Field(default=None, max_length=100)

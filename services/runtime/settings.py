@@ -34,9 +34,7 @@ class Settings(BaseSettings):
     database_password: SecretStr | None = Field(default=None, alias="DEALTRAIL_DATABASE_PASSWORD")
     database_schema: str = Field(default="", alias="DEALTRAIL_DB_SCHEMA")
     # Queries only: a PostgreSQL replica of DATABASE_URL (same tables, kept in step by it).
-    read_database_url: SecretStr = Field(
-        default=SecretStr(""), alias="DEALTRAIL_READ_DATABASE_URL"
-    )
+    read_database_url: SecretStr = Field(default=SecretStr(""), alias="DEALTRAIL_READ_DATABASE_URL")
     api_keys: SecretStr = Field(default=SecretStr(""), alias="DEALTRAIL_API_KEYS")
     api_keys_file: Path | None = Field(default=None, alias="DEALTRAIL_API_KEYS_FILE")
     environment: Literal["development", "production"] = Field(

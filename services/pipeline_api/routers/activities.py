@@ -17,7 +17,6 @@ from libs.domain.commands import (
     WaiveChecklist,
 )
 from services.pipeline_api.dispatch import SendChange
-from services.pipeline_api.errors import ERROR_RESPONSES
 from services.pipeline_api.idempotency import IdempotencyKey
 from services.pipeline_api.schemas import (
     ActivityCancel,
@@ -29,7 +28,7 @@ from services.pipeline_api.schemas import (
     ChecklistWaived,
 )
 
-router = APIRouter(prefix="/v1/deals", tags=["activities"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/deals", tags=["activities"])
 ACTIVITY = "/{deal_id}/activities/{activity_id}"
 
 

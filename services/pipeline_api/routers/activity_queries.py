@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from services.pipeline_api.deps import CurrentPrincipal, ReadModelsDep, RuntimeDep
-from services.pipeline_api.errors import ERROR_RESPONSES
+from services.pipeline_api.openapi import raises
 from services.pipeline_api.query_params import CursorParam, MinPosition
 from services.pipeline_api.schemas import (
     ActivitiesPage,
@@ -25,7 +25,7 @@ from services.queries.activities import ActivityPage, activity_page
 from services.queries.cursors import activity_cursor, deal_cursor_after
 from services.queries.errors import QueryError
 
-router = APIRouter(tags=["activities"], responses=ERROR_RESPONSES)
+router = APIRouter(tags=["activities"])
 
 MAX_PAGE = 500
 Status = Literal["open", "done", "cancelled", "overdue"]
@@ -83,7 +83,8 @@ async def list_activities(
 
 
 @router.get("/v1/deals/{deal_id}/activities", response_model=ActivitiesPage)
-async def deal_activities(
+@raises(404)
+async def list_deal_activities(
     deal_id: UUID,
     principal: CurrentPrincipal,
     runtime: RuntimeDep,
@@ -103,6 +104,7 @@ async def deal_activities(
 
 
 @router.get("/v1/deals/{deal_id}/activities/{activity_id}", response_model=ActivityNow)
+@raises(404)
 async def get_activity(
     deal_id: UUID,
     activity_id: UUID,

@@ -8,18 +8,19 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from services.pipeline_api.deps import CurrentPrincipal, ReadModelsDep
-from services.pipeline_api.errors import ERROR_RESPONSES
+from services.pipeline_api.openapi import raises
 from services.pipeline_api.query_params import CursorParam, MinPosition
 from services.pipeline_api.routers.deal_queries import MAX_PAGE
 from services.pipeline_api.schemas import FilterText, HistoryPage, Moment
 from services.queries.cursors import position_cursor, position_cursor_after
 from services.queries.deals import history_page
 
-router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
 
 @router.get("", response_model=HistoryPage)
-async def audit_log(
+@raises(403)
+async def list_audit_events(
     principal: CurrentPrincipal,
     models: ReadModelsDep,
     actor: FilterText | None = None,

@@ -9,17 +9,18 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from services.pipeline_api.deps import CurrentPrincipal, QueryCacheDep, ReadModelsDep, RuntimeDep
-from services.pipeline_api.errors import ERROR_RESPONSES
+from services.pipeline_api.openapi import raises
 from services.pipeline_api.query_cache import Computed, FreshAnswer, json_body
 from services.pipeline_api.query_params import MinPosition
 from services.pipeline_api.schemas import Board, BoardAsOf, Moment
 from services.queries.board import board_as_of, live_board
 
-router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"])
 
 
 @router.get("/{pipeline_id}/board", response_model=Board | BoardAsOf)
-async def board(
+@raises(404)
+async def get_board(
     pipeline_id: UUID,
     principal: CurrentPrincipal,
     runtime: RuntimeDep,

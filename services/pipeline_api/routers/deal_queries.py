@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 
 from services.pipeline_api.deps import CurrentPrincipal, ReadModelsDep, RuntimeDep
-from services.pipeline_api.errors import ERROR_RESPONSES
+from services.pipeline_api.openapi import raises
 from services.pipeline_api.query_params import CursorParam, MinPosition
 from services.pipeline_api.schemas import (
     DealAsOfAnswer,
@@ -28,7 +28,7 @@ from services.queries.cursors import (
 )
 from services.queries.errors import QueryError
 
-router = APIRouter(prefix="/v1/deals", tags=["deals"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/deals", tags=["deals"])
 
 MAX_PAGE = 500
 
@@ -74,6 +74,7 @@ async def list_deals(
 
 
 @router.get("/{deal_id}", response_model=DealNow | DealAsOfAnswer)
+@raises(404)
 async def get_deal(
     deal_id: UUID,
     principal: CurrentPrincipal,
@@ -95,7 +96,8 @@ async def get_deal(
 
 
 @router.get("/{deal_id}/history", response_model=HistoryPage)
-async def deal_history(
+@raises(404)
+async def get_deal_history(
     deal_id: UUID,
     principal: CurrentPrincipal,
     models: ReadModelsDep,

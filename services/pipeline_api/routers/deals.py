@@ -20,8 +20,8 @@ from libs.domain.commands import (
     WinDeal,
 )
 from services.pipeline_api.dispatch import SendChange, SendCommand
-from services.pipeline_api.errors import ERROR_RESPONSES
 from services.pipeline_api.idempotency import IdempotencyKey
+from services.pipeline_api.openapi import raises
 from services.pipeline_api.schemas import (
     DealAdvance,
     DealCommandResponse,
@@ -34,7 +34,7 @@ from services.pipeline_api.schemas import (
     DealWin,
 )
 
-router = APIRouter(prefix="/v1/deals", tags=["deals"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/deals", tags=["deals"])
 
 
 def _on(action: str) -> Callable[[DecoratedCallable], DecoratedCallable]:
@@ -50,6 +50,7 @@ def _on(action: str) -> Callable[[DecoratedCallable], DecoratedCallable]:
     response_model=DealCommandResponse,
     dependencies=[IdempotencyKey],
 )
+@raises(404)  # the pipeline
 async def create_deal(body: DealCreate, send: SendCommand) -> dict[str, Any]:
     """Open a deal; reps may only open deals they own."""
     return await send(CreateDeal, location=router.prefix, **body.model_dump())

@@ -11,10 +11,10 @@ from starlette.concurrency import run_in_threadpool
 
 from services.exporter.events import EventExport, export_bounds
 from services.pipeline_api.deps import ApplicationDep, CurrentPrincipal, RuntimeDep
-from services.pipeline_api.errors import ERROR_RESPONSES
+from services.pipeline_api.openapi import raises
 from services.queries.cursors import MAX_POSITION
 
-router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
 NDJSON = "application/x-ndjson"
 
@@ -35,6 +35,7 @@ async def _stream(export: EventExport) -> AsyncIterator[bytes]:
         }
     },
 )
+@raises(403)
 async def export_events(
     application: ApplicationDep,
     runtime: RuntimeDep,

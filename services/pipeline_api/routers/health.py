@@ -63,7 +63,7 @@ def _unreachable(exc: StoreUnreachable) -> JSONResponse:
     "/health",
     responses={503: {"model": ErrorResponse, "description": "The database is unreachable"}},
 )
-async def health(runtime: RuntimeDep) -> Any:
+async def get_health(runtime: RuntimeDep) -> Any:
     """Reports whether the event store is reachable, and each projection's events behind
     and parked events (no auth)."""
     try:
@@ -90,7 +90,7 @@ async def health(runtime: RuntimeDep) -> Any:
 
 
 @router.get("/health/live")
-async def live() -> dict[str, str]:
+async def get_liveness() -> dict[str, str]:
     """200 while the process answers at all (liveness probe; touches no database)."""
     return {"status": "alive"}
 
@@ -104,7 +104,7 @@ async def live() -> dict[str, str]:
         }
     },
 )
-async def ready(runtime: RuntimeDep) -> Any:
+async def get_readiness(runtime: RuntimeDep) -> Any:
     """200 when the event store answers and every projection is at most
     ``DEALTRAIL_READY_MAX_LAG`` events behind the log; else 503 ``not_ready`` naming the
     failing check (readiness probe)."""

@@ -17,13 +17,19 @@ from libs.application.importing import ImportAborted
 from libs.domain.errors import Forbidden
 from services.importer.generic import COLUMNS, import_deals_text
 from services.pipeline_api.deps import ApplicationDep, CurrentPrincipal
-from services.pipeline_api.errors import ERROR_RESPONSES, ApiError
+from services.pipeline_api.errors import ApiError
 from services.pipeline_api.idempotency import IdempotencyKey
 from services.pipeline_api.limits import CSV_TYPES
+from services.pipeline_api.openapi import raises
 
-router = APIRouter(prefix="/v1/imports", tags=["imports"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/imports", tags=["imports"])
 
 UPLOAD_NAME = "upload.csv"
+CSV_EXAMPLE = (
+    "external_id,title,pipeline,stage,status,value,owner,created_at,closed_at,lost_reason\n"
+    "crm-1001,ACME renewal,New business,Quote sent,open,12000.00,rita,2026-03-02,,\n"
+    "crm-1002,Globex pilot,New business,,lost,4500.00,raj,2026-02-10,2026-04-01,Price\n"
+)
 
 
 class RejectedRow(BaseModel):
@@ -56,10 +62,16 @@ class ImportReportPublic(BaseModel):
         "requestBody": {
             "required": True,
             "description": "CSV with a header line; columns: " + ",".join(COLUMNS),
-            "content": {"text/csv": {"schema": {"type": "string"}}},
+            "content": {
+                "text/csv": {
+                    "schema": {"type": "string", "format": "binary"},
+                    "example": CSV_EXAMPLE,
+                }
+            },
         }
     },
 )
+@raises(403, 415)
 async def import_deals(
     request: Request,
     application: ApplicationDep,

@@ -11,9 +11,10 @@ from starlette.concurrency import run_in_threadpool
 
 from libs.application.integrity import chain_of, verify_store
 from services.pipeline_api.deps import ApplicationDep, CurrentPrincipal, RuntimeDep
-from services.pipeline_api.errors import ERROR_RESPONSES, ApiError
+from services.pipeline_api.errors import ApiError
+from services.pipeline_api.openapi import raises
 
-router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
 MAX_POSITION = 2**62
 # One verification at a time per API process: it reads the whole range, and a second
@@ -22,7 +23,8 @@ _verifying = threading.Lock()
 
 
 @router.get("/verify")
-async def verify_log(
+@raises(403, 429)
+async def verify_audit_log(
     application: ApplicationDep,
     runtime: RuntimeDep,
     principal: CurrentPrincipal,
@@ -71,7 +73,8 @@ async def verify_log(
 
 
 @router.get("/public-key")
-async def public_key(runtime: RuntimeDep, principal: CurrentPrincipal) -> dict[str, Any]:
+@raises(404)
+async def get_public_key(runtime: RuntimeDep, principal: CurrentPrincipal) -> dict[str, Any]:
     """The Ed25519 key that verifies checkpoint signatures; every role may read it."""
     signer = runtime.settings.signer
     if signer is None:

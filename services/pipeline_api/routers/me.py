@@ -10,10 +10,9 @@ from fastapi import APIRouter
 from libs.domain.actors import Actor
 from libs.domain.errors import Forbidden
 from services.pipeline_api.deps import CurrentPrincipal
-from services.pipeline_api.errors import ERROR_RESPONSES
 from services.pipeline_api.schemas import MePublic
 
-router = APIRouter(prefix="/v1/me", tags=["identity"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/me", tags=["identity"])
 
 
 def _allowed(check: Callable[[], None]) -> bool:
@@ -37,6 +36,6 @@ def describe(actor: Actor) -> dict[str, Any]:
 
 
 @router.get("", response_model=MePublic)
-async def me(principal: CurrentPrincipal) -> dict[str, Any]:
+async def get_me(principal: CurrentPrincipal) -> dict[str, Any]:
     """The principal behind the bearer token: name, role and what the role may do."""
     return describe(principal)

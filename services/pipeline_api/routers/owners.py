@@ -10,17 +10,16 @@ from fastapi.responses import JSONResponse
 from libs.domain.commands import AssignTeam
 from services.pipeline_api.deps import CurrentPrincipal, ReadModelsDep, RuntimeDep
 from services.pipeline_api.dispatch import SendCommand
-from services.pipeline_api.errors import ERROR_RESPONSES
 from services.pipeline_api.idempotency import IdempotencyKey
 from services.pipeline_api.query_params import MinPosition
 from services.pipeline_api.schemas import OwnersPublic, OwnerTeam
 from services.queries.owners import owners_now
 
-router = APIRouter(prefix="/v1/owners", tags=["owners"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/owners", tags=["owners"])
 
 
 @router.put("/{owner}", dependencies=[IdempotencyKey])
-async def set_team(
+async def set_owner_team(
     owner: str,
     body: OwnerTeam,
     send: SendCommand,

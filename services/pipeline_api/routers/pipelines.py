@@ -27,8 +27,8 @@ from libs.domain.commands import (
 from libs.domain.errors import NotFound
 from services.pipeline_api.deps import CurrentPrincipal, ReadModelsDep
 from services.pipeline_api.dispatch import SendChange, SendCommand
-from services.pipeline_api.errors import ERROR_RESPONSES
 from services.pipeline_api.idempotency import IdempotencyKey
+from services.pipeline_api.openapi import raises
 from services.pipeline_api.query_params import MinPosition
 from services.pipeline_api.schemas import (
     LostReasonIn,
@@ -42,7 +42,7 @@ from services.pipeline_api.schemas import (
 )
 from services.projections.current_pipeline import queries as current_pipeline
 
-router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"])
 
 
 def _change(
@@ -104,6 +104,7 @@ async def list_pipelines(
 
 
 @router.get("/{pipeline_id}", response_model=PipelinePublic)
+@raises(404)
 async def get_pipeline(
     pipeline_id: UUID,
     principal: CurrentPrincipal,

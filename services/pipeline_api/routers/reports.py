@@ -10,14 +10,15 @@ from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import Response
 
 from services.pipeline_api.deps import CurrentPrincipal, QueryCacheDep, ReadModelsDep, RuntimeDep
-from services.pipeline_api.errors import ERROR_RESPONSES, ApiError
+from services.pipeline_api.errors import ApiError
+from services.pipeline_api.openapi import raises
 from services.pipeline_api.query_cache import Computed, FreshAnswer, TimeUse, json_body
 from services.pipeline_api.query_params import MinPosition
 from services.pipeline_api.schemas import FilterText, Moment, ReportAnswer
 from services.queries.reports import ReportContext, ReportFn, ReportParams
 from services.queries.reports.catalog import NEEDS_PIPELINE, REPORTS
 
-router = APIRouter(prefix="/v1/reports", tags=["reports"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/reports", tags=["reports"])
 
 CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
@@ -99,9 +100,9 @@ def _route(name: str, fn: ReportFn) -> Callable[..., Awaitable[Response]]:
 
     # A report about one pipeline's stages declares pipeline_id required.
     report.__annotations__["pipeline_id"] = OnePipeline if name in NEEDS_PIPELINE else AnyPipeline
-    report.__name__ = f"report_{name.replace('-', '_')}"
+    report.__name__ = f"get_{name.replace('-', '_')}_report"
     report.__doc__ = fn.__doc__
-    return report
+    return raises(404)(report)  # a pipeline_id that names no pipeline
 
 
 for _name, _fn in REPORTS.items():
