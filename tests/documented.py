@@ -57,6 +57,8 @@ def checking_hook(document_of: Any) -> Any:
     gives the OpenAPI document."""
 
     async def check(response: httpx.Response) -> None:
+        if response.status_code < 400:
+            return  # the document is built only for the first error an app answers
         request = response.request
         problem = undocumented(
             document_of(), request.method, request.url.path, response.status_code
