@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -96,17 +96,30 @@ class Backend:
         monkeypatch.setenv("DEALTRAIL_DATA_DIR", str(data_dir))
 
 
+@contextmanager
+def _postgres_backend() -> Iterator[Backend]:
+    need_postgres()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    yield Backend("postgres", PG_URL, schema)
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Each test using this runs once on SQLite and once on PostgreSQL (own schema)."""
     if request.param == "sqlite":
         yield Backend("sqlite", f"sqlite:///{tmp_path / 'dealtrail.db'}")
         return
-    need_postgres()
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    yield Backend("postgres", PG_URL, schema)
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    with _postgres_backend() as backend:
+        yield backend
+
+
+@pytest.fixture
+def postgres_backend() -> Iterator[Backend]:
+    """PostgreSQL only (own schema), for what SQLite does not have."""
+    with _postgres_backend() as backend:
+        yield backend
 
 
 class TestClock:

@@ -221,10 +221,10 @@ async def test_tables_a_newer_release_built_are_neither_written_nor_read(
 
 
 async def test_positions_beyond_32_bits_are_projected_and_queried(
-    backend: Backend, tmp_path: Path, clock: TestClock
+    postgres_backend: Backend, tmp_path: Path, clock: TestClock
 ) -> None:
-    if backend.name != "postgres":
-        pytest.skip("SQLite positions are 64-bit integers in every release")
+    """PostgreSQL only: SQLite's positions are 64-bit integers in every release."""
+    backend = postgres_backend
     settings = backend.settings(tmp_path / "data")
     far = 3_000_000_000
     async with client_for(settings, clock) as api:

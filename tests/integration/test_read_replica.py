@@ -27,10 +27,8 @@ ADMIN = auth("admin")
 
 
 @pytest.fixture
-def replica(backend: Backend) -> Iterator[str]:
-    if backend.name != "postgres":
-        pytest.skip("replicas are PostgreSQL's")
-    schema = f"{backend.schema}_replica"
+def replica(postgres_backend: Backend) -> Iterator[str]:
+    schema = f"{postgres_backend.schema}_replica"
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     yield schema
@@ -69,8 +67,9 @@ async def primary_at(runtime: object, position: int) -> None:
 
 
 async def test_queries_read_the_replica_and_wait_for_its_positions(
-    backend: Backend, replica: str, tmp_path: Path, clock: TestClock
+    postgres_backend: Backend, replica: str, tmp_path: Path, clock: TestClock
 ) -> None:
+    backend = postgres_backend
     read_url = f"{PG_URL}?schema={replica}"
     settings = backend.settings(
         tmp_path / "data", DEALTRAIL_READ_DATABASE_URL=read_url, DEALTRAIL_READ_WAIT_SECONDS=3
