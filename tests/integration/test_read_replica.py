@@ -22,6 +22,7 @@ from sqlalchemy import text
 
 from services.projections.catalog import all_projections
 from tests.conftest import PG_URL, Backend, TestClock, auth, client_for
+from tests.integration.test_projection_schema import new_deal
 
 ADMIN = auth("admin")
 
@@ -82,16 +83,7 @@ async def test_queries_read_the_replica_and_wait_for_its_positions(
             assert (await conn.execute(text("SELECT current_schema()"))).scalar() == replica
         await asyncio.to_thread(replicate, backend.schema, replica)
 
-        r = await api.post("/v1/pipelines", json={"name": "P", "currency": "EUR"}, headers=ADMIN)
-        assert r.status_code == 201, r.text
-        pipeline_id = r.json()["id"]
-        r = await api.post(
-            "/v1/deals",
-            json={"pipeline_id": pipeline_id, "title": "D", "value": "10"},
-            headers=ADMIN,
-        )
-        assert r.status_code == 201, r.text
-        deal_id, created_at = r.json()["id"], r.json()["position"]
+        pipeline_id, deal_id, created_at = await new_deal(api)
         await primary_at(runtime, created_at)
 
         # the primary has it; the replica, not copied since, does not

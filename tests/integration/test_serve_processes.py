@@ -9,17 +9,13 @@ import signal
 import socket
 import subprocess
 import time
-import uuid
-from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 import httpx
-import psycopg
-import pytest
 
 from services.pipeline_api.main import create_app
-from tests.conftest import PG_URL, Backend, auth, need_postgres
+from tests.conftest import Backend, auth
 from tests.integration.test_rebuild import DEALTRAIL, ROOT, cli_env
 
 START_SECONDS = 60.0
@@ -29,15 +25,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def postgres() -> Iterator[Backend]:
-    need_postgres()
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    yield Backend("postgres", PG_URL, schema)
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def test_more_than_one_process_is_refused_on_sqlite(tmp_path: Path) -> None:
@@ -53,8 +40,10 @@ def test_more_than_one_process_is_refused_on_sqlite(tmp_path: Path) -> None:
     assert b"--workers above 1 needs PostgreSQL" in done.stderr
 
 
-def test_two_api_processes_serve_commands_and_queries(postgres: Backend, tmp_path: Path) -> None:
-    backend = postgres
+def test_two_api_processes_serve_commands_and_queries(
+    postgres_backend: Backend, tmp_path: Path
+) -> None:
+    backend = postgres_backend
     port = free_port()
     log = tmp_path / "serve.log"
     env = cli_env(backend, tmp_path / "data")
@@ -118,10 +107,11 @@ def test_two_api_processes_serve_commands_and_queries(postgres: Backend, tmp_pat
 
 
 async def test_processes_starting_at_once_on_a_fresh_schema_all_come_up(
-    postgres: Backend, tmp_path: Path
+    postgres_backend: Backend, tmp_path: Path
 ) -> None:
     """Start-up DDL is serialised: six simultaneous starts of the API (the runtime's tables
     and the API's own) on an empty schema all succeed."""
+    postgres = postgres_backend
     settings = postgres.settings(tmp_path / "data", DEALTRAIL_EMBEDDED_WORKER=False)
 
     async def start() -> AsyncExitStack:
