@@ -435,7 +435,8 @@ async def test_openapi_lists_every_route_and_documents_the_error_responses(
         if not path.startswith("/v1/"):
             continue
         for method, op in ops.items():
-            wanted = {"401", "503"}  # every /v1 operation authenticates and reads the store
+            # every /v1 operation authenticates (and counts against the token's rate limit)
+            wanted = {"401", "429", "503"}
             if method in ("post", "patch", "put", "delete"):
                 wanted |= {"403", "409", "413", "415", "422"}
                 if (path, method) not in creations and path != "/v1/imports":
@@ -452,8 +453,8 @@ async def test_openapi_lists_every_route_and_documents_the_error_responses(
         for ops in paths.values()
         for op in ops.values()
     }
-    assert errors["listPipelines"] == {"401", "422", "503"}
-    assert errors["getPublicKey"] == {"401", "404", "503"}
+    assert errors["listPipelines"] == {"401", "422", "429", "503"}
+    assert errors["getPublicKey"] == {"401", "404", "429", "503"}
     assert "412" not in errors["createDeal"] and "412" in errors["advanceDeal"]
     assert "429" in errors["verifyAuditLog"] and "403" in errors["listAuditEvents"]
     assert errors["getHealth"] == {"503"}
