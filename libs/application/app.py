@@ -20,6 +20,7 @@ from libs.domain.deal import Deal
 from libs.domain.errors import NotFound, RuleViolation
 from libs.domain.owner import Owner, owner_id_for
 from libs.domain.pipeline import Pipeline
+from libs.domain.webhook import Webhook
 from libs.observability.metrics import timed_append
 
 Clock = Callable[[], datetime]
@@ -114,6 +115,17 @@ class DealtrailApplication(Application[UUID]):
     def deal_state(self, deal_id: UUID | str) -> dict[str, Any]:
         deal = self.get_deal(deal_id)
         return deal.as_dict(self.get_pipeline(deal.pipeline_id))
+
+    def get_webhook(self, webhook_id: UUID | str) -> Webhook:
+        """A webhook that exists (a deleted one is NotFound)."""
+        try:
+            webhook: Aggregate = self.repository.get(_as_uuid(webhook_id, "webhook"))
+        except AggregateNotFoundError:
+            raise NotFound(f"webhook {webhook_id} does not exist") from None
+        if not isinstance(webhook, Webhook):
+            raise NotFound(f"webhook {webhook_id} does not exist")
+        webhook.check_exists()
+        return webhook
 
     def get_owner(self, name: str) -> Owner | None:
         try:

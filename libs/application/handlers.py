@@ -38,6 +38,13 @@ from libs.domain.commands import (
     AssignTeam,
     BatchResult,
     CancelActivity,
+    ChangeWebhook,
+    CreateWebhook,
+    DeleteWebhook,
+    PauseWebhook,
+    ResumeWebhook,
+    RotateWebhookSecret,
+    WebhookChange,
     ChangePipeline,
     ChangeStage,
     Command,
@@ -78,6 +85,7 @@ from libs.domain.owner import Owner, owner_id_for
 from libs.domain.pipeline import Pipeline, default_template
 from libs.domain.times import to_utc
 from libs.domain.values import UNSET
+from libs.domain.webhook import Webhook
 from libs.observability import metrics, tracing
 
 R = TypeVar("R")
@@ -610,6 +618,70 @@ def assign_team(run: Run, c: AssignTeam) -> CommandResult:
     raise AssertionError("unreachable")
 
 
+# --- webhooks -------------------------------------------------------------------------
+
+
+def create_webhook(run: Run, c: CreateWebhook) -> CommandResult:
+    c.actor.check_may_manage_webhooks()
+    when, now = run.when(c.occurred_at)
+    webhook = Webhook.create(
+        url=c.url,
+        event_types=c.event_types,
+        pipeline_id=c.pipeline_id,
+        description=c.description,
+        webhook_id=c.webhook_id,
+        actor=c.actor.name,
+        occurred_at=when,
+        now=now,
+    )
+    try:
+        position = run.store(webhook)
+    except IntegrityError:
+        raise ConcurrentModification(f"webhook {webhook.id} already exists") from None
+    return CommandResult(webhook.id, webhook.version, position, webhook.as_dict(), True)
+
+
+ChangeOfWebhook = Callable[[Webhook, Stamp], None]
+
+
+def _on_webhook(run: Run, c: WebhookChange, change: ChangeOfWebhook) -> CommandResult:
+    """Apply ``change`` to a webhook (admins), with the retry rules."""
+    c.actor.check_may_manage_webhooks()
+
+    def attempt() -> Decision:
+        webhook = run.application.get_webhook(c.webhook_id)
+        _check_version(webhook, c.expected_version, "webhook")
+        change(webhook, _stamp(run, c))
+        return [webhook], lambda pos: CommandResult(
+            webhook.id, webhook.version, pos, webhook.as_dict()
+        )
+
+    return _retrying(run, "webhook", c.expected_version, attempt)
+
+
+WEBHOOK_FIELDS = ("url", "event_types", "pipeline_id", "description")
+
+
+def change_webhook(run: Run, c: ChangeWebhook) -> CommandResult:
+    return _on_webhook(run, c, lambda w, stamp: w.change(**_given(c, WEBHOOK_FIELDS), **stamp))
+
+
+def pause_webhook(run: Run, c: PauseWebhook) -> CommandResult:
+    return _on_webhook(run, c, lambda w, stamp: w.pause(c.reason, **stamp))
+
+
+def resume_webhook(run: Run, c: ResumeWebhook) -> CommandResult:
+    return _on_webhook(run, c, lambda w, stamp: w.resume(**stamp))
+
+
+def rotate_webhook_secret(run: Run, c: RotateWebhookSecret) -> CommandResult:
+    return _on_webhook(run, c, lambda w, stamp: w.rotate_secret(**stamp))
+
+
+def delete_webhook(run: Run, c: DeleteWebhook) -> CommandResult:
+    return _on_webhook(run, c, lambda w, stamp: w.delete(**stamp))
+
+
 # --- imports and generated history ----------------------------------------------------
 
 
@@ -770,6 +842,12 @@ HANDLERS: Mapping[type[Command[Any]], Callable[[Run, Any], Any]] = {
     CancelActivity: cancel_activity,
     WaiveChecklist: waive_checklist,
     AssignTeam: assign_team,
+    CreateWebhook: create_webhook,
+    ChangeWebhook: change_webhook,
+    PauseWebhook: pause_webhook,
+    ResumeWebhook: resume_webhook,
+    RotateWebhookSecret: rotate_webhook_secret,
+    DeleteWebhook: delete_webhook,
     ImportDeals: import_deals,
     ImportSetup: import_setup,
     RecordHistory: record_history,

@@ -68,6 +68,11 @@ class Actor:
         if self.role != Role.ADMIN:
             raise Forbidden("only admins may set owners' teams and regions")
 
+    def check_may_manage_webhooks(self) -> None:
+        """Webhooks name where the log goes: only admins see or change them."""
+        if self.role != Role.ADMIN:
+            raise Forbidden("only admins may read or change webhooks")
+
     def check_may_read_audit(self) -> None:
         if self.role not in (Role.ADMIN, Role.AUDITOR):
             raise Forbidden("only auditors and admins may read the audit log")

@@ -292,6 +292,59 @@ class AssignTeam(Command[CommandResult]):
     region: Any
 
 
+# --- webhooks -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class CreateWebhook(Command[CommandResult]):
+    """Subscribe an endpoint to event types (admins); its secret is kept apart."""
+
+    url: Any
+    event_types: Any
+    pipeline_id: Any = None
+    description: Any = None
+    webhook_id: UUID | None = None  # chosen by the caller, who stores its secret first
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookChange(Change[CommandResult]):
+    """A command on one webhook (admins)."""
+
+    webhook_id: UUID | str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChangeWebhook(WebhookChange):
+    """Change a webhook's url, event types, pipeline or description."""
+
+    url: Any = UNSET
+    event_types: Any = UNSET
+    pipeline_id: Any = UNSET
+    description: Any = UNSET
+
+
+@dataclass(frozen=True, kw_only=True)
+class PauseWebhook(WebhookChange):
+    """Stop a webhook's deliveries until it is resumed (``failing`` or ``manual``)."""
+
+    reason: Any = "manual"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResumeWebhook(WebhookChange):
+    """Deliver again from the event it stopped at."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RotateWebhookSecret(WebhookChange):
+    """Record that the webhook's signing secret was replaced (the secret is not an event)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeleteWebhook(WebhookChange):
+    """Remove a webhook for good."""
+
+
 # --- imports and generated history ----------------------------------------------------
 
 

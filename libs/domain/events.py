@@ -44,6 +44,13 @@ class EventType(StrEnum):
     # owners' teams and regions
     OWNER_REGISTERED = "OwnerRegistered"
     TEAM_ASSIGNED = "TeamAssigned"
+    # webhook subscriptions (the signing secret is never part of an event)
+    WEBHOOK_CREATED = "WebhookCreated"
+    WEBHOOK_CHANGED = "WebhookChanged"
+    WEBHOOK_PAUSED = "WebhookPaused"
+    WEBHOOK_RESUMED = "WebhookResumed"
+    WEBHOOK_DELETED = "WebhookDeleted"
+    WEBHOOK_SECRET_ROTATED = "WebhookSecretRotated"
 
 
 E = EventType
@@ -82,6 +89,16 @@ DEAL_EVENTS = frozenset(
     }
 )
 OWNER_EVENTS = frozenset({E.OWNER_REGISTERED, E.TEAM_ASSIGNED})
+WEBHOOK_EVENTS = frozenset(
+    {
+        E.WEBHOOK_CREATED,
+        E.WEBHOOK_CHANGED,
+        E.WEBHOOK_PAUSED,
+        E.WEBHOOK_RESUMED,
+        E.WEBHOOK_DELETED,
+        E.WEBHOOK_SECRET_ROTATED,
+    }
+)
 
 # Deal events that put the deal into a stage (a new visit, a stage reached).
 ENTERS_STAGE = frozenset({E.DEAL_CREATED, E.STAGE_ADVANCED, E.DEAL_REOPENED, E.DEAL_MOVED})

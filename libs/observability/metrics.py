@@ -119,9 +119,9 @@ IDEMPOTENCY_PURGED = Counter(
 )
 
 # --- webhook delivery ------------------------------------------------------------------------
-# Recorded by webhook delivery through :func:`webhook_delivered`: one sample per attempt
-# to deliver an event to a subscriber. ``outcome`` is ``delivered``, ``failed`` (will be
-# retried) or ``parked`` (given up on; see the parked events of that consumer).
+# One sample per attempt to deliver an event to a subscriber. ``outcome`` is the
+# delivery's status after the attempt: ``delivered``, ``retrying`` (it failed and will be
+# tried again) or ``failed`` (the last attempt failed; the subscription is paused).
 
 WEBHOOK_DELIVERIES = Counter(
     "dealtrail_webhook_deliveries_total",
@@ -130,18 +130,36 @@ WEBHOOK_DELIVERIES = Counter(
 )
 WEBHOOK_DELIVERY_DURATION = Histogram(
     "dealtrail_webhook_delivery_seconds",
-    "Time of one delivery attempt to a webhook subscriber",
+    "Time of one delivery attempt to a webhook subscriber (request sent to answer read)",
     buckets=LATENCY_BUCKETS,
 )
-WEBHOOK_OUTCOMES = ("delivered", "failed", "parked")
+WEBHOOK_EVENTS_BEHIND = Gauge(
+    "dealtrail_webhook_events_behind",
+    "Events after a webhook subscription's position (counted up to 100,000), by webhook id",
+    ["webhook"],
+    multiprocess_mode="livemax",
+)
+WEBHOOK_OUTCOMES = ("delivered", "retrying", "failed")
 
 
 def webhook_delivered(outcome: str, seconds: float) -> None:
-    """Record one webhook delivery attempt (the hook webhook delivery calls)."""
+    """Record one webhook delivery attempt."""
     if outcome not in WEBHOOK_OUTCOMES:
         raise ValueError(f"webhook outcome must be one of {', '.join(WEBHOOK_OUTCOMES)}")
     WEBHOOK_DELIVERIES.labels(outcome).inc()
     WEBHOOK_DELIVERY_DURATION.observe(seconds)
+
+
+def webhook_lag(webhook_id: str, events_behind: int) -> None:
+    WEBHOOK_EVENTS_BEHIND.labels(webhook_id).set(events_behind)
+
+
+def webhook_lag_gone(webhook_id: str) -> None:
+    """A deleted subscription's series goes away."""
+    try:
+        WEBHOOK_EVENTS_BEHIND.remove(webhook_id)
+    except KeyError:
+        pass
 
 
 # --- helpers used by the parts that record ---------------------------------------------------

@@ -30,8 +30,8 @@ def test_a_webhook_delivery_is_counted_by_outcome_and_timed() -> None:
 
 
 def test_an_unknown_webhook_outcome_is_refused_rather_than_becoming_a_label() -> None:
-    with pytest.raises(ValueError, match="delivered, failed, parked"):
-        metrics.webhook_delivered("retrying", 1.0)
+    with pytest.raises(ValueError, match="delivered, retrying, failed"):
+        metrics.webhook_delivered("parked", 1.0)
 
 
 async def test_the_breaker_gauge_follows_trips_and_recoveries(tmp_path: Path) -> None:

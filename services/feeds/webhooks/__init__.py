@@ -1,0 +1,1 @@
+"""Webhooks: Standard Webhooks signing, the outbound address guard, and delivery."""
