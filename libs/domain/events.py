@@ -50,7 +50,7 @@ class EventType(StrEnum):
     WEBHOOK_PAUSED = "WebhookPaused"
     WEBHOOK_RESUMED = "WebhookResumed"
     WEBHOOK_DELETED = "WebhookDeleted"
-    WEBHOOK_SECRET_ROTATED = "WebhookSecretRotated"
+    WEBHOOK_SECRET_ROTATED = "WebhookSecretRotated"  # noqa: S105 - an event name
 
 
 E = EventType

@@ -165,16 +165,17 @@ class Webhook(Aggregate):
         occurred_at: datetime,
         now: datetime,
     ) -> Webhook:
-        fields = {
+        fields: dict[str, Any] = {
             "url": check_url(url),
             "event_types": check_event_types(event_types),
             "pipeline_id": check_pipeline_id(pipeline_id),
             "description": check_description(description),
+            "actor": actor,
+            "occurred_at": check_occurred_at(occurred_at, now=now, previous=None),
         }
-        check_occurred_at(occurred_at, now=now, previous=None)
-        if webhook_id is None:
-            return cls(**fields, actor=actor, occurred_at=occurred_at)
-        return cls(**fields, actor=actor, occurred_at=occurred_at, id=webhook_id)  # type: ignore[call-arg]
+        if webhook_id is not None:
+            fields["id"] = webhook_id
+        return cls(**fields)
 
     # --- rules -------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ raw paths), command class names, projection names, fixed outcome words.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -156,10 +157,8 @@ def webhook_lag(webhook_id: str, events_behind: int) -> None:
 
 def webhook_lag_gone(webhook_id: str) -> None:
     """A deleted subscription's series goes away."""
-    try:
+    with contextlib.suppress(KeyError):
         WEBHOOK_EVENTS_BEHIND.remove(webhook_id)
-    except KeyError:
-        pass
 
 
 # --- helpers used by the parts that record ---------------------------------------------------

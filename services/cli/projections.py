@@ -9,8 +9,10 @@ import signal
 import sys
 from typing import Any
 
+from libs.application.app import utc_now
 from libs.application.sql import setup_lock
 from services.cli.arguments import SubCommands
+from services.feeds.webhooks.store import create_webhook_tables
 from services.progress import Progress
 from services.projections.base import create_state_table
 from services.projections.catalog import all_projections, projections_named
@@ -30,7 +32,7 @@ from services.projections.rebuild import (
 )
 from services.projections.runner import Worker, ensure_projection, projection_status
 from services.runtime import metrics
-from services.runtime.bootstrap import checkpointer_for
+from services.runtime.bootstrap import checkpointer_for, webhook_dispatcher
 from services.runtime.settings import Settings
 from services.runtime.stores import open_stores
 
@@ -48,11 +50,19 @@ async def _run(settings: Settings, names: list[str], batch_size: int, metrics_po
         )
         async with setup_lock(settings.store):
             await worker.setup()
+            await create_webhook_tables(stores.engine)
         checkpointer = checkpointer_for(settings, stores.application)
+        background = [worker.run(), checkpointer.run()]
+        dispatcher = None
+        if settings.webhooks:
+            dispatcher = webhook_dispatcher(settings, stores.application, stores.engine, utc_now)
+            background.append(dispatcher.run())
 
         def stop() -> None:
             worker.stop()
             checkpointer.stop()
+            if dispatcher is not None:
+                dispatcher.stop()
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -80,7 +90,7 @@ async def _run(settings: Settings, names: list[str], batch_size: int, metrics_po
             flush=True,
         )
         try:
-            await asyncio.gather(worker.run(), checkpointer.run())
+            await asyncio.gather(*background)
         finally:
             if endpoint is not None:
                 await endpoint.stop()

@@ -28,7 +28,7 @@ def envelope(application: DealtrailApplication, record: EventRecord) -> dict[str
     if record.event_type not in DEAL_EVENTS:
         return body
     try:
-        deal = application.repository.get(record.aggregate_id, version=record.version)
+        deal: Any = application.repository.get(record.aggregate_id, version=record.version)
     except AggregateNotFoundError:
         return body
     if not isinstance(deal, Deal):

@@ -41,6 +41,7 @@ from services.pipeline_api.routers import (
     owners,
     pipelines,
     reports,
+    webhooks,
 )
 from services.runtime.bootstrap import Runtime, bootstrap
 from services.runtime.metrics import forget_process_metrics
@@ -67,6 +68,7 @@ ROUTERS = (
     imports.router,
     owners.router,
     me.router,
+    webhooks.router,
     dashboard.router,
     health.router,
 )

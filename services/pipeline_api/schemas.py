@@ -842,3 +842,120 @@ class MePublic(BaseModel):
     may_manage_pipelines: bool
     may_read_audit: bool
     may_waive_checklists: bool
+
+
+# --- webhooks ---------------------------------------------------------------------------
+
+
+class WebhookCreate(_Body):
+    """Subscribe an endpoint to event types (every type with `["*"]`)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "url": "https://hooks.example.com/dealtrail",
+                    "event_types": ["DealWon", "DealLost"],
+                    "description": "closed deals to the billing system",
+                },
+                {"url": "https://hooks.example.com/all", "event_types": ["*"]},
+            ]
+        },
+    )
+
+    url: str = Field(max_length=2000, description="https:// (or http://) URL to POST to")
+    event_types: list[str] = Field(
+        max_length=64, description='Event type names (e.g. "DealWon"), or ["*"] for all'
+    )
+    pipeline_id: UUID | None = Field(
+        default=None, description="Only events of this pipeline and its deals"
+    )
+    description: str | None = Field(default=None, max_length=2000)
+
+
+class WebhookPatch(_Body):
+    """Change some of a webhook's fields; only fields present in the body change."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"event_types": ["*"]},
+                {"url": "https://hooks.example.com/v2", "pipeline_id": None},
+            ]
+        },
+    )
+
+    url: str | None = Field(default=None, max_length=2000)
+    event_types: list[str] | None = Field(default=None, max_length=64)
+    pipeline_id: UUID | None = Field(default=None, description="null: every pipeline")
+    description: str | None = Field(default=None, max_length=2000, description="null clears it")
+
+    def changed_fields(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.model_fields_set}
+
+
+class WebhookPublic(BaseModel):
+    """A webhook subscription (its signing secret is never shown again after it is made)."""
+
+    id: UUID
+    url: str
+    event_types: list[str]
+    pipeline_id: UUID | None
+    description: str | None
+    status: Literal["active", "paused"]
+    paused_reason: Literal["failing", "manual"] | None
+    version: int
+    created_at: datetime
+    created_by: str
+    updated_at: datetime
+    secret_rotated_at: datetime | None
+
+
+class WebhookCommandResponse(WebhookPublic):
+    """A webhook after a command, with the log position of its event."""
+
+    position: int
+
+
+class WebhookWithSecret(WebhookCommandResponse):
+    """A webhook just made, or its secret just replaced: the secret is shown this once."""
+
+    secret: str = Field(description="whsec_ + base64 key: verify each delivery's signature")
+
+
+class WebhooksPage(BaseModel):
+    """Webhooks, oldest first."""
+
+    data: list[WebhookPublic]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page")
+
+
+class WebhookDelivery(BaseModel):
+    """One event sent (or being sent) to a webhook."""
+
+    position: int
+    event_type: str
+    status: Literal["delivered", "retrying", "failed"]
+    attempts: int
+    response_code: int | None
+    latency_ms: int | None
+    last_error: str | None
+    next_attempt_at: datetime | None
+    updated_at: datetime
+
+
+class WebhookDeliveriesPage(BaseModel):
+    """A webhook's deliveries, newest event first."""
+
+    data: list[WebhookDelivery]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page")
+
+
+class WebhookReplay(BaseModel):
+    """A replay accepted: deliveries start again after `from_position` - 1."""
+
+    id: UUID
+    from_position: int
+    head: int

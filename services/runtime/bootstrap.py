@@ -12,6 +12,8 @@ from libs.application.app import Clock, DealtrailApplication, utc_now
 from libs.application.failures import is_unavailable
 from libs.application.sql import make_engine
 from services.audit.checkpoints import Checkpointer
+from services.feeds.webhooks.delivery import Dispatcher
+from services.feeds.webhooks.store import create_webhook_tables
 from services.projections.read_models import ReadModels
 from services.projections.runner import Worker
 from services.runtime.breaker import StoreBreaker
@@ -42,6 +44,7 @@ class Runtime:
     a replica may not have reached yet); ``read_models`` when there is no replica."""
     breaker: StoreBreaker
     worker: Worker | None = None
+    webhooks: Dispatcher | None = None
     generated_admin_token: str | None = None
     background: list[Stopper] = field(default_factory=list)
 
@@ -63,6 +66,7 @@ async def bootstrap(settings: Settings, clock: Clock = utc_now) -> Runtime:
         nonlocal worker
         worker = Worker(engine=stores.engine, source=stores.source, location=settings.store)
         await worker.setup()  # read-model tables exist even when the worker runs elsewhere
+        await create_webhook_tables(stores.engine)
 
     stores = await connect_stores(settings, clock, pool_size=SERVICE_POOL_SIZE, setup=setup)
     assert worker is not None
@@ -103,6 +107,26 @@ def start_embedded_worker(runtime: Runtime, worker: Worker) -> None:
     runtime.application.on_saved.append(lambda _position: worker.poke())
     runtime.background.append(_stopper(worker.stop, task))
     start_checkpointer(runtime)
+    if runtime.settings.webhooks:
+        start_webhook_delivery(runtime)
+
+
+def webhook_dispatcher(
+    settings: Settings, application: DealtrailApplication, engine: AsyncEngine, clock: Clock
+) -> Dispatcher:
+    """Webhook delivery with the configured policy (see services/feeds/webhooks)."""
+    return Dispatcher(application, engine, settings.store, settings.webhook_policy, clock)
+
+
+def start_webhook_delivery(runtime: Runtime) -> None:
+    """Deliver webhooks beside the projection worker, woken by every local command."""
+    dispatcher = webhook_dispatcher(
+        runtime.settings, runtime.application, runtime.engine, runtime.clock
+    )
+    task = asyncio.create_task(dispatcher.run(), name="webhook-delivery")
+    runtime.webhooks = dispatcher
+    runtime.application.on_saved.append(lambda _position: dispatcher.poke())
+    runtime.background.append(_stopper(dispatcher.stop, task))
 
 
 def checkpointer_for(

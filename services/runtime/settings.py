@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from libs.application.integrity import CheckpointPolicy, Signer
 from libs.application.store import BadDatabaseUrl, StoreLocation
 from libs.domain.actors import Actor, Role
+from services.feeds.webhooks.delivery import DeliveryPolicy
 
 MIN_TOKEN_LENGTH = 16
 # DEALTRAIL_RATE_LIMITS when it is unset in production (development: no limits).
@@ -69,6 +70,21 @@ class Settings(BaseSettings):
         default=0, alias="DEALTRAIL_WORKER_METRICS_PORT", ge=0, le=65535
     )
     worker_metrics_host: str = Field(default="127.0.0.1", alias="DEALTRAIL_WORKER_METRICS_HOST")
+    # Webhook delivery, run beside the projection worker (embedded or `projections run`).
+    webhooks: bool = Field(default=True, alias="DEALTRAIL_WEBHOOKS")
+    webhook_retry_base_seconds: float = Field(
+        default=10.0, alias="DEALTRAIL_WEBHOOK_RETRY_BASE_SECONDS", gt=0, le=3600
+    )
+    webhook_retry_cap_seconds: float = Field(
+        default=3 * 3600.0, alias="DEALTRAIL_WEBHOOK_RETRY_CAP_SECONDS", gt=0, le=86400
+    )
+    webhook_max_attempts: int = Field(
+        default=18, alias="DEALTRAIL_WEBHOOK_MAX_ATTEMPTS", ge=1, le=100
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0, alias="DEALTRAIL_WEBHOOK_TIMEOUT_SECONDS", gt=0, le=60
+    )
+    webhook_allow_private: bool = Field(default=False, alias="DEALTRAIL_WEBHOOK_ALLOW_PRIVATE")
 
     @field_validator("database_url")
     @classmethod
@@ -216,6 +232,16 @@ class Settings(BaseSettings):
     @property
     def checkpoint_policy(self) -> CheckpointPolicy:
         return CheckpointPolicy(self.checkpoint_every, timedelta(minutes=self.checkpoint_minutes))
+
+    @property
+    def webhook_policy(self) -> DeliveryPolicy:
+        return DeliveryPolicy(
+            retry_base_seconds=self.webhook_retry_base_seconds,
+            retry_cap_seconds=self.webhook_retry_cap_seconds,
+            max_attempts=self.webhook_max_attempts,
+            timeout_seconds=self.webhook_timeout_seconds,
+            allow_private=self.webhook_allow_private,
+        )
 
     @property
     def admin_key_file(self) -> Path:

@@ -273,7 +273,9 @@ class Dispatcher:
             sub = self.subscriptions.get(webhook_id)
             if sub is None:
                 continue
-            webhook = await asyncio.to_thread(self.application.repository.get, UUID(webhook_id))
+            webhook: Any = await asyncio.to_thread(
+                self.application.repository.get, UUID(webhook_id)
+            )
             if isinstance(webhook, Webhook):
                 sub.update(webhook)
             if sub.deleted:
@@ -413,7 +415,7 @@ class Dispatcher:
             took = _ms(started)
             return None, took, f"no answer within {self.policy.timeout_seconds:g} s"
         except httpx.HTTPError as exc:
-            return None, _ms(started), f"{type(exc).__name__}: {exc}" or type(exc).__name__
+            return None, _ms(started), f"{type(exc).__name__}: {exc}"
         took = _ms(started)
         if 200 <= code < 300:
             return code, took, None

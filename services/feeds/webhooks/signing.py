@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from standardwebhooks.webhooks import Webhook as Signer
 
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret
 SECRET_BYTES = 32
 
 

@@ -93,7 +93,9 @@ async def put_secret(engine: AsyncEngine, webhook_id: str, secret: str, now: dat
 
 async def forget_secret(engine: AsyncEngine, webhook_id: str) -> None:
     async with engine.begin() as conn:
-        await conn.execute(delete(webhook_secrets).where(webhook_secrets.c.webhook_id == webhook_id))
+        await conn.execute(
+            delete(webhook_secrets).where(webhook_secrets.c.webhook_id == webhook_id)
+        )
 
 
 async def get_secret(engine: AsyncEngine, webhook_id: str) -> str | None:
@@ -307,4 +309,4 @@ async def list_deliveries(
         for r in rows[:limit]
     ]
     more = len(rows) > limit
-    return {"items": items, "next_cursor": encode_cursor(items[-1]["position"]) if more else None}
+    return {"data": items, "next_cursor": encode_cursor(items[-1]["position"]) if more else None}
