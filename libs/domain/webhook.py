@@ -139,6 +139,7 @@ class Webhook(Aggregate):
         description: str | None,
         actor: str,
         occurred_at: datetime,
+        id: UUID | None = None,  # the library's way to choose the id; not in the event
     ) -> None:
         self.url = url
         self.event_types = list(event_types)

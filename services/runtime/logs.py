@@ -9,7 +9,9 @@ everywhere else.
 
 Secrets never reach the output: every configured token, password and key is replaced by
 ``[redacted]`` in the finished line (message, arguments and tracebacks alike), and so is
-whatever follows ``Bearer`` and the password of any ``scheme://user:password@`` URL.
+whatever follows ``Bearer``, the password of any ``scheme://user:password@`` URL and
+any webhook signing secret (``whsec_...``, which a DEBUG line of a database driver may
+show among a statement's parameters).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from services.runtime.settings import Settings
 REDACTED = "[redacted]"
 MIN_SECRET_CHARS = 6  # shorter configured secrets are not searched for (too many false hits)
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s\"',;]+")
+_WEBHOOK_SECRET = re.compile(r"\bwhsec_[A-Za-z0-9+/=_-]+")
 _URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/@\"']+:)[^\s@/\"']+@")
 # Fields of a record that the text format shows after the message, when a line has them.
 CONTEXT_FIELDS = ("request_id", "principal", "route", "trace_id")
@@ -53,6 +56,7 @@ class Redactor:
             if secret in line:
                 line = line.replace(secret, REDACTED)
         line = _BEARER.sub(rf"\g<1>{REDACTED}", line)
+        line = _WEBHOOK_SECRET.sub(f"whsec_{REDACTED}", line)
         return _URL_PASSWORD.sub(rf"\g<1>{REDACTED}@", line)
 
 

@@ -399,7 +399,9 @@ class Dispatcher:
                 "host": target.host_header,
             }
         )
-        extensions = {"sni_hostname": target.host} if sub.url.startswith("https:") else {}
+        extensions: dict[str, Any] = {}
+        if target.address is not None and sub.url.startswith("https:"):
+            extensions["sni_hostname"] = target.host
         started = time.perf_counter()
         try:
             async with self._client.stream(

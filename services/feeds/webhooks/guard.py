@@ -36,10 +36,12 @@ class Target:
     url: str
     host: str
     port: int
-    address: str
+    address: str | None  # None: not checked (private addresses allowed), connect by name
 
     def connect_url(self) -> str:
         """The URL with the checked address in place of the host name."""
+        if self.address is None:
+            return self.url
         parts = urlsplit(self.url)
         ip = ipaddress.ip_address(self.address)
         host = f"[{ip}]" if ip.version == 6 else str(ip)
@@ -77,10 +79,13 @@ def forbidden_reason(address: Address) -> str | None:
 
 async def resolve(url: str, *, allow_private: bool) -> Target:
     """The address to deliver ``url`` to, checked; :class:`RefusedTarget` when there is
-    none or any address the host resolves to is not public (unless ``allow_private``)."""
+    none or any address the host resolves to is not public. With ``allow_private`` there
+    is nothing to check: the host is not looked up here (the connection resolves it)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
+    if allow_private:
+        return Target(url, host, port, None)
     try:
         literal: Address | None = ipaddress.ip_address(host)
     except ValueError:
