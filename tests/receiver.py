@@ -106,9 +106,9 @@ class Receiver:
             writer.close()
 
 
-async def until(condition: Callable[[], Any], timeout: float = 60.0, what: str = "") -> Any:
+async def until(condition: Callable[[], Any], within: float = 60.0, what: str = "") -> Any:
     """Wait (generously) for ``condition()`` to be truthy; its value."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         value = condition()
         if asyncio.iscoroutine(value):
