@@ -458,7 +458,7 @@ class Dispatcher:
             key = advisory_key(self.location, "webhooks")
             self._held = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
             if self._held:
-                log.info("webhook delivery: this worker took the lock")
+                log.info("webhook delivery: holding the webhooks lock, delivering")
         return bool(self._held)
 
     async def _stand_down(self) -> None:
