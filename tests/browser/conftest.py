@@ -98,6 +98,17 @@ class Session:
         self.page.evaluate("address => { window.location.hash = address; }", address)
         self.ready()
 
+    def change_behind_its_back(self, deal: dict[str, Any], **fields: Any) -> dict[str, Any]:
+        """Pause live updates (the page keeps showing what it shows), then change the deal
+        through the API as an admin: the page's next command names an older version."""
+        live = self.page.get_by_role("button", name="Live updates")
+        live.click()
+        expect(live).to_have_attribute("aria-pressed", "false")
+        with self.api("admin") as api:
+            changed = api.patch(f"/v1/deals/{deal['id']}", json=fields)
+            assert changed.status_code == 200, changed.text
+            return dict(changed.json())
+
     def screenshot(self, name: str) -> Path:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         path = ARTIFACTS / f"{name}.png"

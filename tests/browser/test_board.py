@@ -178,12 +178,7 @@ def test_a_card_changed_by_someone_else_gets_the_412_message_and_is_reloaded(
 ) -> None:
     _, (deal,) = session.board_with_deals("manager", "Contested")
     expect(session.card(deal["id"])).to_be_visible()
-    live = session.page.get_by_role("button", name="Live updates")
-    live.click()  # paused: the board keeps showing version 1
-    expect(live).to_have_attribute("aria-pressed", "false")
-    with session.api("admin") as api:
-        changed = api.patch(f"/v1/deals/{deal['id']}", json={"value": "2500"})
-        assert changed.status_code == 200, changed.text
+    changed = session.change_behind_its_back(deal, value="2500")  # the board shows version 1
     expect(session.card(deal["id"]).locator(".card-value")).to_have_attribute(
         "data-value", "1000.00"
     )
@@ -195,11 +190,11 @@ def test_a_card_changed_by_someone_else_gets_the_412_message_and_is_reloaded(
     # Reloaded: back in its stage, with the other change's value and version.
     card = session.column("deal-created").locator(f'[data-deal-id="{deal["id"]}"]')
     expect(card.locator(".card-value")).to_have_attribute("data-value", "2500.00")
-    expect(card).to_have_attribute("data-version", str(changed.json()["version"]))
+    expect(card).to_have_attribute("data-version", str(changed["version"]))
     with session.api("auditor") as api:
         stored = read(api, f"/v1/deals/{deal['id']}", head(session.service))
     assert stored["stage"]["id"] == "deal-created"
-    assert stored["version"] == changed.json()["version"]
+    assert stored["version"] == changed["version"]
 
 
 def test_losing_a_deal_asks_for_one_of_the_pipelines_reasons(session: Session) -> None:

@@ -69,6 +69,7 @@ export class Api {
       if (response.status === 401 && this.onUnauthorized) this.onUnauthorized(error.message);
       throw error;
     }
+    if (response.status === 204) return null;
     if (accept === 'text/csv') {
       return { text: await response.text(), filename: filenameOf(response, 'report.csv') };
     }
@@ -83,17 +84,31 @@ export class Api {
     return this.request('POST', path, { ...options, body });
   }
 
-  /** Every page of a paginated list (`data` and `next_cursor`), up to `limit` items. */
+  patch(path, body, options = {}) {
+    return this.request('PATCH', path, { ...options, body });
+  }
+
+  delete(path, options = {}) {
+    return this.request('DELETE', path, options);
+  }
+
+  /**
+   * Pages of a paginated list (`data`, or `items`, and `next_cursor`) until `limit` items;
+   * `next_cursor` goes on from the last page read (null when there is no more).
+   */
   async all(path, params, { limit = 5000, signal } = {}) {
     const items = [];
     let cursor = null;
     let position = null;
     do {
       const page = await this.get(path, { ...params, cursor }, { signal });
-      items.push(...page.data);
-      position = page.position;
+      items.push(...(page.data || page.items || []));
+      position = page.position ?? position;
       cursor = page.next_cursor;
     } while (cursor && items.length < limit);
-    return { data: items.slice(0, limit), position, truncated: Boolean(cursor) };
+    return {
+      data: items.slice(0, limit), position, truncated: Boolean(cursor) || items.length > limit,
+      next_cursor: items.length > limit ? null : cursor,
+    };
   }
 }

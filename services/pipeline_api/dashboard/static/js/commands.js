@@ -13,18 +13,41 @@ export function staleMessage(title) {
     + 'not made. The deal has been reloaded: check it and try again.';
 }
 
-/** POST /v1/deals/{id}/{verb} with If-Match; the answer's position goes to the feed. */
-export async function dealCommand(ctx, deal, verb, body) {
+/**
+ * POST (or `method`) /v1/deals/{id}/{verb} with If-Match naming the version the page
+ * showed (none when it showed none); the answer's position goes to the feed. A 412 is
+ * said in words and, when the view gave `ctx.onConflict`, passed to it to reload.
+ */
+export async function dealCommand(ctx, deal, verb, body, { method = 'POST' } = {}) {
   try {
-    const answer = await ctx.api.post(`/v1/deals/${deal.id}/${verb}`, body,
-      { ifMatch: deal.version });
+    const answer = await ctx.api.request(method, `/v1/deals/${deal.id}/${verb}`,
+      { body, ifMatch: deal.version });
     ctx.feed.advance(answer.position);
     return answer;
   } catch (error) {
     if (error.status === 412) {
-      throw new ApiError(412, error.code, staleMessage(deal.title), error.details);
+      const stale = new ApiError(412, error.code, staleMessage(deal.title), error.details);
+      if (ctx.onConflict) ctx.onConflict(stale);  // the view reloads the deal
+      throw stale;
     }
     throw error;
+  }
+}
+
+const CONFLICT_RELOADS = 20;    // after a 412, reloads until the newer version shows…
+const CONFLICT_PAUSE_MS = 250;  // …this long apart
+
+/**
+ * After a refused command: reload, and after a 412 keep reloading (the read model may not
+ * have the other change yet) until `shownVersion()` reaches the version that refused.
+ */
+export async function reloadAfter(error, refresh, shownVersion) {
+  const wanted = error.status === 412 ? error.details.current_version : null;
+  for (let attempt = 0; attempt < CONFLICT_RELOADS; attempt += 1) {
+    await refresh();
+    const shown = shownVersion();
+    if (!wanted || shown === null || shown === undefined || shown >= wanted) return;
+    await new Promise((resolve) => { setTimeout(resolve, CONFLICT_PAUSE_MS); });
   }
 }
 

@@ -115,3 +115,22 @@ export function sum(amounts) {
   while (fraction.length > 2 && fraction.endsWith('0')) fraction = fraction.slice(0, -1);
   return `${negative ? '-' : ''}${abs / UNITS}.${fraction}`;
 }
+
+/** "2026-05-01T09:30" in the reader's time zone, for a datetime-local input. */
+export function localInput(date) {
+  const shifted = new Date(date.getTime() - date.getTimezoneOffset() * 60000);
+  return shifted.toISOString().slice(0, 16);
+}
+
+const timeFormat = new Intl.DateTimeFormat(undefined, { timeStyle: 'short' });
+
+/** A due moment: "today, 9:30 AM", "tomorrow, …", "yesterday, …", else date and time. */
+export function due(iso) {
+  if (!iso) return 'no due date';
+  const at = new Date(iso);
+  const startOfToday = new Date();
+  startOfToday.setHours(0, 0, 0, 0);
+  const dayOffset = Math.floor((at - startOfToday) / 86400000);
+  const named = { '-1': 'yesterday', 0: 'today', 1: 'tomorrow' }[dayOffset];
+  return named ? `${named}, ${timeFormat.format(at)}` : dateTime(iso);
+}

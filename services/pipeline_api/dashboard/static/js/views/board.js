@@ -1,8 +1,9 @@
 // The board: a column per stage with its open deals' count, total and weighted value, and
-// deal cards that move by drag and drop or with the keyboard. The same columns, read-only,
-// show the past in time travel (views/timetravel.js).
+// deal cards (with the deal's next activity) that move by drag and drop or with the
+// keyboard. The same columns, read-only, show the past in time travel (views/timetravel.js).
 
-import { dealCommand, loseDeal } from '../commands.js';
+import { nextActivityLine } from '../activities.js';
+import { dealCommand, loseDeal, reloadAfter } from '../commands.js';
 import { announce, h, fill, problem } from '../dom.js';
 import { follow } from '../live.js';
 import { filterBar, ownersInTeam, pipelineViewStart } from '../filters.js';
@@ -11,8 +12,6 @@ import { count, days, money, sum } from '../format.js';
 export const PER_STAGE = 20;       // cards per column at first, and per "Show more"
 const MAX_PER_STAGE = 100;         // the API's limit for per_stage
 const FILTERED_LIMIT = 2000;       // open deals a filtered board loads at most
-const CONFLICT_RELOADS = 20;       // after a 412, reloads until the newer version shows…
-const CONFLICT_PAUSE_MS = 250;     // …this long apart
 
 /** The board's totals line: what the API (or the filtered sum) says, to the cent. */
 export function totalsLine(totals, currency, label) {
@@ -53,7 +52,8 @@ function card(deal, currency, { actions, past, titleOf }) {
     h('span', { class: 'card-value', dataset: { value: deal.value } }, money(deal.value, currency)),
     ' · ',
     h('span', { class: 'card-owner' }, deal.owner)),
-  h('p', { class: 'card-age' }, age, ' ', badges(deal)));
+  h('p', { class: 'card-age' }, age, ' ', badges(deal)),
+  past ? null : nextActivityLine(deal));
   if (actions) {
     item.append(h('div', { class: 'card-actions' },
       h('button', {
@@ -312,13 +312,7 @@ export async function mount(root, ctx, params) {
    */
   async function recover(error, dealId) {
     ctx.fail(error);
-    const wanted = error.status === 412 ? error.details.current_version : null;
-    for (let attempt = 0; attempt < CONFLICT_RELOADS; attempt += 1) {
-      await refresh();
-      const shownDeal = deals.get(dealId);
-      if (!wanted || !shownDeal || shownDeal.version >= wanted) return;
-      await new Promise((resolve) => { setTimeout(resolve, CONFLICT_PAUSE_MS); });
-    }
+    await reloadAfter(error, refresh, () => deals.get(dealId)?.version);
   }
 
   async function lose(deal) {

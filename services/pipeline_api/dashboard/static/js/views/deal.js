@@ -1,12 +1,18 @@
-// A deal's page: its state now, the actions on it, the time it spent in each stage and
-// its full timeline from the audit history (who, what, when, before and after).
+// A deal's page: its state now, the actions on it, its activities (open, done, cancelled),
+// the time it spent in each stage and its full timeline from the audit history (who,
+// what, when, before and after).
 
-import { dealCommand, loseDeal, snoozeDeal } from '../commands.js';
+import {
+  activityMarks, cancelActivity, completeActivity, planActivity, rescheduleActivity,
+  typeLabel, waiveChecklist,
+} from '../activities.js';
+import { dealCommand, loseDeal, reloadAfter, snoozeDeal } from '../commands.js';
 import { h, facts, fill, problem, table, time } from '../dom.js';
 import { follow } from '../live.js';
-import { dateTime, day, days, money, percent, span, words } from '../format.js';
+import { dateTime, day, days, due, money, percent, span, words } from '../format.js';
 
 const HISTORY_LIMIT = 5000;  // timeline entries loaded at most
+const ACTIVITY_LIMIT = 200;  // a deal holds at most this many activities (the API's limit)
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 const FIELD_NAMES = {
@@ -110,20 +116,115 @@ export async function mount(root, ctx, params) {
   const body = h('div', { 'aria-busy': 'true' }, h('p', {}, 'Loading the deal…'));
   fill(root, body);
   let current = null;
+  // The deal as shown now: a dialog opened earlier sends the version shown when it submits.
+  const shown = new Proxy({}, { get: (_, key) => current.deal[key] });
+  // Commands from this page reload the deal after a 412 until the newer version shows.
+  const cctx = { ...ctx, onConflict: (error) => reloadAfter(error, refresh, () => current.deal.version) };
 
   async function load(minPosition) {
-    const [deal, history] = await Promise.all([
+    const [deal, history, activities] = await Promise.all([
       ctx.api.get(`/v1/deals/${id}`, { min_position: minPosition }, { signal }),
       ctx.api.all(`/v1/deals/${id}/history`, { limit: 500, min_position: minPosition },
         { limit: HISTORY_LIMIT, signal }),
+      ctx.api.all(`/v1/deals/${id}/activities`, { limit: ACTIVITY_LIMIT, min_position: minPosition },
+        { limit: ACTIVITY_LIMIT, signal }),
     ]);
     if (!pipelines.some((p) => p.id === deal.pipeline_id)) pipelines = await ctx.pipelines(true);
-    return { deal, history, position: Math.min(deal.position, history.position) };
+    return {
+      deal, history, activities: activities.data,
+      position: Math.min(deal.position, history.position, activities.position),
+    };
+  }
+
+  /** Open a dialog for the deal; say what it did when it did something. */
+  async function act(open, done) {
+    try {
+      const answer = await open();
+      if (answer && !answer.unchanged) ctx.notify(done(answer));
+    } catch (error) {
+      ctx.fail(error);
+    }
+  }
+
+  function activityButtons(activity) {
+    if (!ctx.me.may_run_commands || activity.status !== 'open') return null;
+    const button = (verb, label, run) => h('button', {
+      type: 'button', class: `quiet ${verb}`, 'aria-label': `${label} ${activity.subject}`,
+      dataset: { focusKey: `${verb}-${activity.id}` }, onclick: run,
+    }, `${label}…`);
+    return h('div', { class: 'row-actions' },
+      button('complete', 'Complete', () => act(() => completeActivity(cctx, shown, activity),
+        () => `“${activity.subject}” is done.`)),
+      button('reschedule', 'Reschedule', () => act(() => rescheduleActivity(cctx, shown, activity),
+        () => `“${activity.subject}” is rescheduled.`)),
+      button('cancel', 'Cancel', () => act(() => cancelActivity(cctx, shown, activity),
+        () => `“${activity.subject}” is cancelled.`)));
+  }
+
+  function activityTable(caption, rows, kind) {
+    const writes = kind === 'open' && ctx.me.may_run_commands;
+    const columns = {
+      open: ['Subject', 'Type', 'Due', 'Assignee', 'Note'],
+      done: ['Subject', 'Type', 'Completed', 'Assignee', 'Outcome'],
+      cancelled: ['Subject', 'Type', 'Cancelled', 'Assignee', 'Reason'],
+    }[kind];
+    return table({
+      caption,
+      scrolls: true,
+      columns: writes ? [...columns, 'Actions'] : columns,
+      rows: rows.map((a) => {
+        const cells = [
+          h('span', { class: 'activity-subject', dataset: { activityId: a.id } },
+            a.subject, ' ', activityMarks(a, pipelines)),
+          typeLabel(a.type),
+          {
+            open: () => time(a.due_at, due(a.due_at)),
+            done: () => time(a.completed_at, dateTime(a.completed_at)),
+            cancelled: () => time(a.cancelled_at, dateTime(a.cancelled_at)),
+          }[kind](),
+          a.assignee,
+          { open: a.note, done: a.outcome, cancelled: a.cancel_reason }[kind] || '—',
+        ];
+        if (writes) cells.push(activityButtons(a));
+        return cells;
+      }),
+      attrs: { class: `activities activities-${kind}` },
+    });
+  }
+
+  function activitySection(deal, activities) {
+    const groups = { open: [], done: [], cancelled: [] };
+    for (const a of activities) (groups[a.status] || groups.open).push(a);
+    const overdue = groups.open.filter((a) => a.overdue).length;
+    const openChecklist = groups.open.some((a) => a.checklist && a.checklist.stage_id === deal.stage.id);
+    const writes = ctx.me.may_run_commands;
+    return h('section', { 'aria-labelledby': 'activities-title', id: 'activities' },
+      h('h2', { id: 'activities-title' },
+        `Activities (${groups.open.length} open${overdue ? `, ${overdue} overdue` : ''})`),
+      writes
+        ? h('div', { class: 'actions' },
+          h('button', {
+            type: 'button', class: 'primary plan', dataset: { focusKey: 'plan' },
+            onclick: () => act(() => planActivity(cctx, shown), (a) => `Planned “${a.subject}”.`),
+          }, 'Plan an activity…'),
+          ctx.me.may_waive_checklists && openChecklist && deal.status === 'open'
+            ? h('button', {
+              type: 'button', class: 'quiet waive', dataset: { focusKey: 'waive' },
+              onclick: () => act(() => waiveChecklist(cctx, shown),
+                (a) => `Waived ${a.waived.length} checklist ${a.waived.length === 1 ? 'item' : 'items'}.`),
+            }, 'Waive the checklist…')
+            : null)
+        : null,  // the page says it is read-only once, above
+      groups.open.length
+        ? activityTable('Open, soonest due first', groups.open, 'open')
+        : h('p', { class: 'hint no-next-step' }, 'Nothing planned: no open activity on this deal.'),
+      groups.done.length ? activityTable('Done', groups.done, 'done') : null,
+      groups.cancelled.length ? activityTable('Cancelled', groups.cancelled, 'cancelled') : null);
   }
 
   function actions(deal, pipeline) {
     if (!ctx.me.may_run_commands) {
-      return h('p', { class: 'read-only-note' }, 'Read-only: your role may look at deals but not change them.');
+      return h('p', { class: 'read-only-note' }, 'Read-only: your role may look at deals and their activities but not change them.');
     }
     const stages = pipeline ? pipeline.stages : [];
     const run = async (verb, body, done) => {
@@ -132,7 +233,7 @@ export async function mount(root, ctx, params) {
         ctx.notify(done(answer));
       } catch (error) {
         ctx.fail(error);
-        refresh();
+        await reloadAfter(error, refresh, () => current.deal.version);
       }
     };
     if (deal.status !== 'open') {
@@ -182,7 +283,9 @@ export async function mount(root, ctx, params) {
   }
 
   function render() {
-    const { deal, history } = current;
+    const { deal, history, activities } = current;
+    const focusKey = document.activeElement && document.activeElement.dataset
+      ? document.activeElement.dataset.focusKey : null;
     const pipeline = pipelines.find((p) => p.id === deal.pipeline_id);
     const currency = deal.currency;
     const stageRows = [...stageTimes(history.data, Date.now()).entries()].map(([name, t]) => [
@@ -210,6 +313,7 @@ export async function mount(root, ctx, params) {
         ['Version', String(deal.version)],
       ].filter(Boolean), { 'aria-label': 'The deal now' }),
       actions(deal, pipeline),
+      activitySection(deal, activities),
       h('section', { 'aria-labelledby': 'stage-times' },
         h('h2', { id: 'stage-times' }, 'Time in each stage'),
         h('p', { class: 'hint' }, 'Business time, from the timeline below; the current stage counts until now.'),
@@ -219,6 +323,8 @@ export async function mount(root, ctx, params) {
         history.truncated ? h('p', { class: 'hint' }, `Only the first ${HISTORY_LIMIT} events are shown.`) : null,
         timeline(history.data, currency, pipelines)));
     body.setAttribute('aria-busy', 'false');
+    const again = focusKey && body.querySelector(`[data-focus-key="${focusKey}"]`);
+    if (again) again.focus();
   }
 
   const live = follow(ctx, {

@@ -1,0 +1,161 @@
+"""Activities in the dashboard, in Chromium: planned on the deal page and shown as the
+card's next activity, completed, rescheduled and cancelled, overdue and checklist marks,
+and a 412 on the deal page."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from playwright.sync_api import expect
+
+from tests.browser.conftest import Session, head, new_deal, new_pipeline, read
+
+
+def plan(
+    api: httpx.Client, deal: dict[str, Any], subject: str, due: datetime, **fields: Any
+) -> Any:
+    """An activity on the deal through the API (``due`` may lie in the past)."""
+    r = api.post(
+        f"/v1/deals/{deal['id']}/activities",
+        json={"type": "task", "subject": subject, "due_at": due.isoformat(), **fields},
+    )
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def activities_of(session: Session, deal_id: str) -> list[dict[str, Any]]:
+    with session.api("auditor") as api:
+        return list(read(api, f"/v1/deals/{deal_id}/activities", head(session.service))["data"])
+
+
+def test_an_activity_planned_on_the_deal_page_is_the_cards_next_activity(
+    session: Session,
+) -> None:
+    pipeline, (deal,) = session.board_with_deals("manager", "Plan me")
+    expect(session.card(deal["id"]).locator(".card-next")).to_have_text("No next step planned")
+    session.card(deal["id"]).get_by_role("link", name="Plan me").click()
+    session.ready()
+    expect(session.page.locator(".no-next-step")).to_be_visible()
+
+    session.page.get_by_role("button", name="Plan an activity…").click()
+    dialog = session.page.get_by_role("dialog", name="Plan an activity on “Plan me”")
+    session.assert_accessible()
+    dialog.get_by_label("Type").select_option("call")
+    dialog.get_by_label("Subject").fill("Discovery call")
+    due = (datetime.now(UTC) + timedelta(days=2)).replace(hour=9, minute=30)
+    dialog.get_by_label("Due").fill(due.strftime("%Y-%m-%dT%H:%M"))
+    expect(dialog.get_by_label("Assignee")).to_have_value("max")
+    dialog.get_by_label("Note (optional)").fill("ask about the budget")
+    dialog.get_by_role("button", name="Plan it").click()
+    expect(dialog).to_have_count(0)
+    row = session.page.locator("table.activities-open tbody tr", has_text="Discovery call")
+    expect(row).to_contain_text("Call")
+    expect(row).to_contain_text("ask about the budget")
+    (stored,) = activities_of(session, deal["id"])
+    assert (stored["type"], stored["subject"], stored["assignee"]) == (
+        "call",
+        "Discovery call",
+        "max",
+    )
+    assert stored["due_at"].startswith(due.strftime("%Y-%m-%dT%H:%M"))
+    session.screenshot("deal-activities")
+    session.assert_accessible()
+
+    session.go(f"#/board?pipeline={pipeline['id']}")
+    next_line = session.card(deal["id"]).locator(".card-next")
+    expect(next_line).to_contain_text("Call: Discovery call")
+    expect(next_line).to_have_attribute("data-overdue", "false")
+    expect(next_line.locator(".badge.overdue")).to_have_count(0)
+
+    # Reschedule, complete with an outcome, and cancel another, on the deal page.
+    session.go(f"#/deal/{deal['id']}")
+    session.page.get_by_role("button", name="Reschedule Discovery call").click()
+    dialog = session.page.get_by_role("dialog", name="Reschedule “Discovery call”")
+    later = due + timedelta(days=1)
+    dialog.get_by_label("Due").fill(later.strftime("%Y-%m-%dT%H:%M"))
+    dialog.get_by_role("button", name="Save").click()
+    expect(session.page.locator("#notices")).to_contain_text("“Discovery call” is rescheduled.")
+    expect(row.locator("time")).to_have_attribute("title", later.strftime("%Y-%m-%dT%H:%M:00.000Z"))
+    session.page.get_by_role("button", name="Complete Discovery call").click()
+    dialog = session.page.get_by_role("dialog", name="Complete “Discovery call”")
+    dialog.get_by_label("Outcome (optional)").fill("budget confirmed")
+    dialog.get_by_role("button", name="Mark as done").click()
+    done = session.page.locator("table.activities-done tbody tr", has_text="Discovery call")
+    expect(done).to_contain_text("budget confirmed")
+    expect(session.page.locator("table.activities-open")).to_have_count(0)
+    (stored,) = activities_of(session, deal["id"])
+    assert (stored["status"], stored["outcome"]) == ("done", "budget confirmed")
+    assert stored["due_at"].startswith(later.strftime("%Y-%m-%dT%H:%M"))
+
+    with session.api("manager") as api:
+        plan(api, deal, "Send the quote", datetime.now(UTC) + timedelta(days=5))
+    cancel = session.page.get_by_role("button", name="Cancel Send the quote")
+    cancel.click()
+    dialog = session.page.get_by_role("dialog", name="Cancel “Send the quote”")
+    dialog.get_by_label("Reason (optional)").fill("they asked by phone")
+    dialog.get_by_role("button", name="Cancel the activity").click()
+    cancelled = session.page.locator("table.activities-cancelled tbody tr")
+    expect(cancelled).to_contain_text("they asked by phone")
+
+
+def test_an_overdue_activity_flags_the_card_and_checklist_items_are_marked(
+    session: Session,
+) -> None:
+    with session.api("manager") as api:
+        pipeline = new_pipeline(
+            api,
+            stages=[
+                {
+                    "name": "Qualify",
+                    "probability": 10,
+                    "checklist": [{"title": "Check the budget", "type": "task"}],
+                },
+                {"name": "Sign", "probability": 80},
+            ],
+        )
+        deal = new_deal(api, pipeline["id"], "Running late")
+        plan(api, deal, "Chase the signature", datetime.now(UTC) - timedelta(days=2), type="call")
+    session.sign_in("manager", f"#/board?pipeline={pipeline['id']}")
+    next_line = session.card(deal["id"]).locator(".card-next")
+    expect(next_line).to_contain_text("Call: Chase the signature")
+    expect(next_line).to_have_attribute("data-overdue", "true")
+    expect(next_line.locator(".badge.overdue")).to_have_text("Overdue")
+    session.assert_accessible()
+
+    session.go(f"#/deal/{deal['id']}")
+    overdue = session.page.locator("table.activities-open tbody tr", has_text="Chase the signature")
+    expect(overdue.locator(".badge.overdue")).to_have_text("Overdue")
+    item = session.page.locator("table.activities-open tbody tr", has_text="Check the budget")
+    expect(item.locator(".badge.checklist")).to_have_text("Checklist: Qualify")
+    expect(overdue.locator(".badge.checklist")).to_have_count(0)
+    expect(
+        session.page.get_by_role("heading", name="Activities (2 open, 1 overdue)")
+    ).to_be_visible()
+
+
+def test_an_activity_command_on_a_deal_changed_elsewhere_gets_the_412_message(
+    session: Session,
+) -> None:
+    with session.api("manager") as api:
+        pipeline = new_pipeline(api)
+        deal = new_deal(api, pipeline["id"], "Busy deal")
+    session.sign_in("manager", f"#/deal/{deal['id']}")
+    session.change_behind_its_back(deal, value="2500")  # the page shows version 1
+
+    session.page.get_by_role("button", name="Plan an activity…").click()
+    dialog = session.page.get_by_role("dialog", name="Plan an activity on “Busy deal”")
+    dialog.get_by_label("Subject").fill("Too late")
+    dialog.get_by_role("button", name="Plan it").click()
+    expect(dialog.locator(".dialog-error")).to_contain_text(
+        "Someone else changed “Busy deal” after this page loaded it"
+    )
+    # Reloaded behind the dialog: a second try names the newer version and goes through.
+    expect(session.page.locator("[data-field=value]")).to_have_attribute("data-value", "2500.00")
+    dialog.get_by_role("button", name="Plan it").click()
+    expect(dialog).to_have_count(0)
+    rows = session.page.locator("table.activities-open tbody tr")
+    expect(rows).to_have_count(1)
+    expect(rows).to_contain_text("Too late")
+    assert [a["subject"] for a in activities_of(session, deal["id"])] == ["Too late"]
