@@ -1,6 +1,6 @@
 """Activities in the dashboard, in Chromium: planned on the deal page and shown as the
 card's next activity, completed, rescheduled and cancelled, overdue and checklist marks,
-and a 412 on the deal page."""
+a 412 on the deal page, and My activities."""
 
 from __future__ import annotations
 
@@ -159,3 +159,49 @@ def test_an_activity_command_on_a_deal_changed_elsewhere_gets_the_412_message(
     expect(rows).to_have_count(1)
     expect(rows).to_contain_text("Too late")
     assert [a["subject"] for a in activities_of(session, deal["id"])] == ["Too late"]
+
+
+def test_my_activities_lists_todays_and_overdue_work_and_completes_from_the_list(
+    session: Session,
+) -> None:
+    now = datetime.now(UTC)
+    with session.api("manager") as api:
+        pipeline = new_pipeline(api)
+        deal = new_deal(api, pipeline["id"], "Rita's account", owner="rita")
+        late = plan(api, deal, "Chase the signature", now - timedelta(days=2), type="call")
+        plan(api, deal, "Prepare the demo", now + timedelta(days=3), type="meeting")
+        plan(api, deal, "Raj's task", now - timedelta(days=1), assignee="raj")
+    session.sign_in("rep", "#/activities")
+    expect(session.page.get_by_role("heading", name="My activities", level=1)).to_be_visible()
+    due_now = session.page.locator('table[data-list="Due today or overdue"]')
+    upcoming = session.page.locator('table[data-list="Upcoming"]')
+    late_row = due_now.locator("tbody tr", has_text="Chase the signature")
+    expect(late_row.locator(".badge.overdue")).to_have_text("Overdue")
+    expect(late_row.get_by_role("link")).to_have_text("Rita's account")
+    expect(upcoming.locator("tbody tr", has_text="Prepare the demo")).to_be_visible()
+    expect(due_now.locator("tbody tr", has_text="Prepare the demo")).to_have_count(0)
+    expect(session.page.get_by_text("Raj's task")).to_have_count(0)
+    session.screenshot("my-activities")
+    session.assert_accessible()
+
+    # Filters: by type, and the done list.
+    session.navigating(lambda: session.page.get_by_label("Type").select_option("meeting"))
+    assert "type=meeting" in session.page.url
+    expect(session.page.get_by_text("Chase the signature")).to_have_count(0)
+    expect(session.page.locator("tbody tr", has_text="Prepare the demo")).to_be_visible()
+    session.navigating(lambda: session.page.get_by_label("Type").select_option(""))
+
+    late_row.get_by_role("button", name="Complete Chase the signature").click()
+    dialog = session.page.get_by_role("dialog", name="Complete “Chase the signature”")
+    expect(dialog).to_contain_text("Call on “Rita's account”.")
+    dialog.get_by_label("Outcome (optional)").fill("signed today")
+    dialog.get_by_role("button", name="Mark as done").click()
+    expect(session.page.locator("#notices")).to_contain_text("“Chase the signature” is done.")
+    expect(late_row).to_have_count(0)
+    stored = {a["id"]: a for a in activities_of(session, deal["id"])}
+    assert (stored[late["id"]]["status"], stored[late["id"]]["outcome"]) == ("done", "signed today")
+
+    session.navigating(lambda: session.page.get_by_label("Show").select_option("done"))
+    done = session.page.locator('table[data-list="Done"] tbody tr', has_text="Chase the signature")
+    expect(done).to_contain_text("Done")
+    expect(done.get_by_role("button")).to_have_count(0)

@@ -6,6 +6,7 @@ import { words } from './format.js';
 import { ChangeFeed } from './live.js';
 import { clearAlerts, fail, notify } from './notices.js';
 import * as session from './session.js';
+import * as activities from './views/activities.js';
 import * as board from './views/board.js';
 import * as deal from './views/deal.js';
 import * as reports from './views/reports.js';
@@ -13,8 +14,13 @@ import * as signin from './views/signin.js';
 import * as stale from './views/stale.js';
 import * as timetravel from './views/timetravel.js';
 
-const VIEWS = { board, deal, reports, stale, 'time-travel': timetravel };
-const NAV = [['board', 'Board'], ['reports', 'Reports'], ['stale', 'Stale deals'], ['time-travel', 'Time travel']];
+const VIEWS = {
+  board, deal, activities, reports, stale, 'time-travel': timetravel,
+};
+const NAV = [
+  ['board', 'Board'], ['activities', 'My activities'],
+  ['reports', 'Reports'], ['stale', 'Stale deals'], ['time-travel', 'Time travel'],
+];
 const LOOKUP_TTL_MS = 30000;  // pipelines and owners are fetched again after this
 
 const main = document.getElementById('main');

@@ -4,16 +4,9 @@
 
 import { h, fill, problem } from '../dom.js';
 import { pipelineViewStart } from '../filters.js';
-import { dateTime } from '../format.js';
+import { dateTime, localInput } from '../format.js';
+import { dealTitles } from '../titles.js';
 import { PER_STAGE, renderColumns, totalsLine } from './board.js';
-
-const TITLE_LOOKUPS_AT_ONCE = 6;
-
-/** "2026-05-01T09:30" in the reader's time zone, for a datetime-local input. */
-function localInput(date) {
-  const shifted = new Date(date.getTime() - date.getTimezoneOffset() * 60000);
-  return shifted.toISOString().slice(0, 16);
-}
 
 function defaultMoment() {
   const d = new Date(Date.now() - 30 * 86400000);
@@ -29,7 +22,7 @@ export async function mount(root, ctx, params) {
   const { pipelines, pipeline } = start;
   const wanted = params.get('at') ? new Date(params.get('at')) : defaultMoment();
   const moment = Number.isNaN(wanted.getTime()) ? defaultMoment() : wanted;
-  const titles = new Map();
+  const titles = dealTitles(ctx);
 
   const form = h('form', {
     class: 'filters', 'aria-label': 'Moment to look at',
@@ -70,24 +63,12 @@ export async function mount(root, ctx, params) {
     return titles.get(deal.id) || 'Deal (loading its title…)';
   }
 
-  async function lookUpTitles(ids) {
-    const queue = ids.filter((id) => !titles.has(id));
-    const worker = async () => {
-      while (queue.length && !signal.aborted) {
-        const id = queue.shift();
-        try {
-          const deal = await ctx.api.get(`/v1/deals/${id}`, {}, { signal });
-          titles.set(id, deal.title);
-        } catch (error) {
-          if (error.name === 'AbortError') return;
-          titles.set(id, `Deal ${id.slice(0, 8)}`);
-        }
-        for (const link of body.querySelectorAll(`.card[data-deal-id="${id}"] .card-title`)) {
-          link.textContent = titles.get(id);
-        }
+  function lookUpTitles(ids) {
+    return titles.lookUp(ids, (id, title) => {
+      for (const link of body.querySelectorAll(`.card[data-deal-id="${id}"] .card-title`)) {
+        link.textContent = title;
       }
-    };
-    await Promise.all(Array.from({ length: TITLE_LOOKUPS_AT_ONCE }, worker));
+    });
   }
 
   try {
