@@ -1,6 +1,6 @@
 """Activities in the dashboard, in Chromium: planned on the deal page and shown as the
 card's next activity, completed, rescheduled and cancelled, overdue and checklist marks,
-a 412 on the deal page, and My activities."""
+a 412 on the deal page, My activities, deals with no next step, and read-only auditors."""
 
 from __future__ import annotations
 
@@ -205,3 +205,61 @@ def test_my_activities_lists_todays_and_overdue_work_and_completes_from_the_list
     done = session.page.locator('table[data-list="Done"] tbody tr', has_text="Chase the signature")
     expect(done).to_contain_text("Done")
     expect(done.get_by_role("button")).to_have_count(0)
+
+
+def test_no_next_step_lists_the_deals_with_nothing_planned_and_plans_one(
+    session: Session,
+) -> None:
+    with session.api("manager") as api:
+        pipeline = new_pipeline(api)
+        idle = new_deal(api, pipeline["id"], "Nothing planned")
+        busy = new_deal(api, pipeline["id"], "Call booked")
+        plan(api, busy, "Intro call", datetime.now(UTC) + timedelta(days=1), type="call")
+    session.sign_in("manager", f"#/no-next-step?pipeline={pipeline['id']}")
+    rows = session.page.locator("#table-no-next-step tbody tr")
+    expect(rows).to_have_count(1)
+    expect(rows.get_by_role("link")).to_have_text("Nothing planned")
+    expect(session.page.get_by_text("Call booked")).to_have_count(0)
+    session.screenshot("no-next-step")
+    session.assert_accessible()
+
+    rows.get_by_role("button", name="Plan an activity on Nothing planned").click()
+    dialog = session.page.get_by_role("dialog", name="Plan an activity on “Nothing planned”")
+    dialog.get_by_label("Type").select_option("meeting")
+    dialog.get_by_label("Subject").fill("Kick-off meeting")
+    dialog.get_by_role("button", name="Plan it").click()
+    expect(session.page.locator("#notices")).to_contain_text(
+        "Planned “Kick-off meeting” on “Nothing planned”."
+    )
+    expect(rows).to_have_count(0)
+    expect(session.page.locator(".empty")).to_have_text("Every open deal has something planned.")
+    assert [a["subject"] for a in activities_of(session, idle["id"])] == ["Kick-off meeting"]
+
+
+def test_an_auditor_sees_activities_without_any_control_that_changes_them(
+    session: Session,
+) -> None:
+    with session.api("manager") as api:
+        pipeline = new_pipeline(api)
+        deal = new_deal(api, pipeline["id"], "Audited deal", owner="audrey")
+        plan(api, deal, "Look at the books", datetime.now(UTC) - timedelta(days=1))
+        new_deal(api, pipeline["id"], "Idle audited deal")
+    session.sign_in("auditor", f"#/deal/{deal['id']}")
+    row = session.page.locator("table.activities-open tbody tr", has_text="Look at the books")
+    expect(row.locator(".badge.overdue")).to_be_visible()
+    expect(session.page.locator(".read-only-note")).to_contain_text("and their activities")
+    expect(session.page.get_by_role("button", name="Plan an activity…")).to_have_count(0)
+    expect(session.page.locator("#activities button")).to_have_count(0)
+
+    session.go("#/activities")
+    listed = session.page.locator("tbody tr", has_text="Look at the books")
+    expect(listed).to_be_visible()
+    expect(listed.get_by_role("button")).to_have_count(0)
+    expect(session.page.locator(".read-only-note")).to_contain_text("Read-only")
+
+    session.go(f"#/no-next-step?pipeline={pipeline['id']}")
+    idle = session.page.locator("#table-no-next-step tbody tr", has_text="Idle audited deal")
+    expect(idle).to_be_visible()
+    expect(session.page.locator("#table-no-next-step button")).to_have_count(0)
+    session.assert_accessible()
+    assert session.posts == [], "an auditor's page sent a command"

@@ -9,16 +9,17 @@ import * as session from './session.js';
 import * as activities from './views/activities.js';
 import * as board from './views/board.js';
 import * as deal from './views/deal.js';
+import * as nonext from './views/nonext.js';
 import * as reports from './views/reports.js';
 import * as signin from './views/signin.js';
 import * as stale from './views/stale.js';
 import * as timetravel from './views/timetravel.js';
 
 const VIEWS = {
-  board, deal, activities, reports, stale, 'time-travel': timetravel,
+  board, deal, activities, 'no-next-step': nonext, reports, stale, 'time-travel': timetravel,
 };
 const NAV = [
-  ['board', 'Board'], ['activities', 'My activities'],
+  ['board', 'Board'], ['activities', 'My activities'], ['no-next-step', 'No next step'],
   ['reports', 'Reports'], ['stale', 'Stale deals'], ['time-travel', 'Time travel'],
 ];
 const LOOKUP_TTL_MS = 30000;  // pipelines and owners are fetched again after this
