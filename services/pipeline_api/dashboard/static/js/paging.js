@@ -2,8 +2,9 @@
 // follows the cursor. A live reload asks again for as many items as are shown, so the
 // list keeps its length while it follows the log.
 
-import { h } from './dom.js';
+import { h, problem, table } from './dom.js';
 import { count } from './format.js';
+import { follow } from './live.js';
 
 export class PagedList {
   constructor(ctx, path, params, { pageSize = 50 } = {}) {
@@ -69,5 +70,28 @@ export class PagedList {
     return h('div', { class: 'list-foot' },
       h('p', { class: 'hint' }, `${count(this.items.length)} shown${this.hasMore ? '; there are more' : ''}.`),
       button);
+  }
+
+  /** The items as a table (`row(item)` gives the cells) or, with none, `empty`; then the footer. */
+  view({ caption, columns, numeric = [], id, row, empty, what }, shown) {
+    return [
+      this.items.length
+        ? table({ caption, columns, numeric, scrolls: true, attrs: { id }, rows: this.items.map(row) })
+        : h('p', { class: 'empty' }, empty),
+      this.footer(what, shown),
+    ];
+  }
+
+  /** Follow the log (live.js): reload as many items as are shown, then `shown()`. */
+  follow(body, shown) {
+    return follow(this.ctx, {
+      load: (minPosition) => this.fetch(minPosition),
+      show: (answer) => {
+        this.keep(answer);
+        shown();
+      },
+      body,
+      problem,
+    });
   }
 }

@@ -2,10 +2,9 @@
 // GET /v1/deals?has_next_activity=false, each with "Plan an activity" from its row.
 
 import { planActivity } from '../activities.js';
-import { h, fill, problem, table } from '../dom.js';
+import { h, fill } from '../dom.js';
 import { filterBar, pipelineViewStart } from '../filters.js';
 import { dateTime, days, money } from '../format.js';
-import { follow } from '../live.js';
 import { PagedList } from '../paging.js';
 
 const PAGE = 50;  // deals per page and per "Show more"
@@ -50,42 +49,27 @@ export async function mount(root, ctx, params) {
   function render() {
     const columns = ['Deal', 'Owner', 'Stage', 'Value', 'In stage', 'Last activity'];
     if (writes) columns.push('Plan');
-    fill(body, list.items.length
-      ? table({
-        caption: 'Open deals with nothing planned, oldest first',
-        scrolls: true,
-        columns,
-        numeric: [3],
-        attrs: { id: 'table-no-next-step' },
-        rows: list.items.map((deal) => {
-          const cells = [
-            h('a', { href: `#/deal/${deal.id}` }, deal.title), deal.owner, deal.stage.name,
-            money(deal.value, deal.currency), days(deal.time_in_current_stage_seconds),
-            dateTime(deal.last_activity_at),
-          ];
-          if (writes) {
-            cells.push(h('button', {
-              type: 'button', class: 'quiet plan', 'aria-label': `Plan an activity on ${deal.title}`,
-              onclick: () => planOn(deal),
-            }, 'Plan an activity…'));
-          }
-          return cells;
-        }),
-      })
-      : h('p', { class: 'empty' }, 'Every open deal has something planned.'),
-    list.footer('deals', render));
+    fill(body, list.view({
+      caption: 'Open deals with nothing planned, oldest first',
+      columns,
+      numeric: [3],
+      id: 'table-no-next-step',
+      what: 'deals',
+      empty: 'Every open deal has something planned.',
+      row: (deal) => [
+        h('a', { href: `#/deal/${deal.id}` }, deal.title), deal.owner, deal.stage.name,
+        money(deal.value, deal.currency), days(deal.time_in_current_stage_seconds),
+        dateTime(deal.last_activity_at),
+        writes ? h('button', {
+          type: 'button', class: 'quiet plan', 'aria-label': `Plan an activity on ${deal.title}`,
+          onclick: () => planOn(deal),
+        }, 'Plan an activity…') : null,
+      ].slice(0, columns.length),
+    }, render));
     body.setAttribute('aria-busy', 'false');
   }
 
-  const live = follow(ctx, {
-    load: (minPosition) => list.fetch(minPosition),
-    show: (answer) => {
-      list.keep(answer);
-      render();
-    },
-    body,
-    problem,
-  });
+  const live = list.follow(body, render);
   await live.refresh(ctx.knownPosition());
   return { dispose: live.stop };
 }
