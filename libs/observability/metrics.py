@@ -161,6 +161,64 @@ def webhook_lag_gone(webhook_id: str) -> None:
         WEBHOOK_EVENTS_BEHIND.remove(webhook_id)
 
 
+# --- the change feed ---------------------------------------------------------------------------
+# The NATS relay (``services/feeds/nats_relay.py``) and the server-sent event stream
+# (``services/feeds/stream.py``). The relay's gauges carry the stream it publishes to.
+
+NATS_RELAY_POSITION = Gauge(
+    "dealtrail_nats_relay_position",
+    "Last position the NATS relay of this process published and stored",
+    ["stream"],
+    multiprocess_mode="livemax",
+)
+NATS_RELAY_BEHIND = Gauge(
+    "dealtrail_nats_relay_events_behind",
+    "Events after the NATS relay's position (counted up to 100,000)",
+    ["stream"],
+    multiprocess_mode="livemax",
+)
+NATS_RELAY_CONNECTED = Gauge(
+    "dealtrail_nats_relay_connected",
+    "1 while the NATS relay of this process is connected to NATS, else 0",
+    ["stream"],
+    multiprocess_mode="livemax",
+)
+NATS_RELAY_ACTIVE = Gauge(
+    "dealtrail_nats_relay_active",
+    "1 where this process relays the log to NATS, 0 while it stands by for the lock",
+    ["stream"],
+    multiprocess_mode="livemax",
+)
+NATS_RELAY_PUBLISHED = Counter(
+    "dealtrail_nats_relay_published_total",
+    "Events the NATS relay published, by what the server answered "
+    "(stored, or duplicate: dropped by the stream's duplicate window)",
+    ["stream", "result"],
+)
+NATS_RELAY_ERRORS = Counter(
+    "dealtrail_nats_relay_errors_total",
+    "Failed attempts of the NATS relay to connect, set up its stream or publish",
+    ["stream"],
+)
+NATS_RELAY_PARKED = Counter(
+    "dealtrail_nats_relay_parked_total",
+    "Events the NATS relay could not publish (undecodable) and parked",
+    ["stream"],
+)
+SSE_STREAMS_OPEN = Gauge(
+    "dealtrail_sse_streams_open",
+    "Server-sent event streams of GET /v1/events/stream open now",
+    multiprocess_mode="livesum",
+)
+SSE_EVENTS_SENT = Counter(
+    "dealtrail_sse_events_sent_total", "Events sent on server-sent event streams"
+)
+SSE_REFUSED = Counter(
+    "dealtrail_sse_streams_refused_total",
+    "Server-sent event streams refused because the process had its maximum open",
+)
+
+
 # --- helpers used by the parts that record ---------------------------------------------------
 
 

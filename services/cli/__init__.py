@@ -1,7 +1,7 @@
 """The ``dealtrail`` command line: serve the API and operate the service."""
 
 # One module per command group (serve, projections, import, export with its report,
-# demo, audit): each adds its sub-commands to the parser and reaches the stores through
+# demo, audit, relay): each adds its sub-commands to the parser and reaches the stores through
 # the composition root (services/runtime), never through the HTTP API.
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from services.cli import audit, demo, exports, imports, projections, report, serve
+from services.cli import audit, demo, exports, imports, projections, relay, report, serve
 from services.runtime.logs import configure_logging
 from services.runtime.settings import ConfigurationError, Settings, load_settings
 
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.register(exports.register(commands))
     demo.register(commands)
     audit.register(commands)
+    relay.register(commands)
     return parser
 
 

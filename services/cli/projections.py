@@ -32,7 +32,7 @@ from services.projections.rebuild import (
 )
 from services.projections.runner import Worker, ensure_projection, projection_status
 from services.runtime import metrics
-from services.runtime.bootstrap import checkpointer_for, webhook_dispatcher
+from services.runtime.bootstrap import checkpointer_for, relay_for, webhook_dispatcher
 from services.runtime.settings import Settings
 from services.runtime.stores import open_stores
 
@@ -57,12 +57,17 @@ async def _run(settings: Settings, names: list[str], batch_size: int, metrics_po
         if settings.webhooks:
             dispatcher = webhook_dispatcher(settings, stores.application, stores.engine, utc_now)
             background.append(dispatcher.run())
+        relay = relay_for(settings, stores.engine, stores.source) if settings.nats_relay else None
+        if relay is not None:
+            background.append(relay.run())
 
         def stop() -> None:
             worker.stop()
             checkpointer.stop()
             if dispatcher is not None:
                 dispatcher.stop()
+            if relay is not None:
+                relay.stop()
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -76,7 +81,8 @@ async def _run(settings: Settings, names: list[str], batch_size: int, metrics_po
                 return await metrics.render(stores.engine, stores.source, worker)
 
             try:
-                endpoint = await metrics.start_endpoint(scrape, host, metrics_port)
+                ready = relay.ready if relay is not None else None
+                endpoint = await metrics.start_endpoint(scrape, host, metrics_port, ready)
             except OSError as exc:
                 print(
                     f"dealtrail: cannot serve metrics on {host}:{metrics_port}: {exc}",
@@ -86,7 +92,8 @@ async def _run(settings: Settings, names: list[str], batch_size: int, metrics_po
         print(
             f"projection worker for {', '.join(p.name for p in worker.projections)} "
             f"on {settings.store.describe()}"
-            + (f"; metrics on http://{host}:{metrics_port}/metrics" if endpoint else ""),
+            + (f"; metrics on http://{host}:{metrics_port}/metrics" if endpoint else "")
+            + (f"; relaying to NATS stream {relay.stream}" if relay is not None else ""),
             flush=True,
         )
         try:

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from libs.application.sql import setup_lock
+from services.feeds.stream import StreamHub
 from services.pipeline_api.dashboard import router as dashboard
 from services.pipeline_api.errors import install_error_handlers
 from services.pipeline_api.idempotency import (
@@ -33,6 +34,7 @@ from services.pipeline_api.routers import (
     board,
     deal_queries,
     deals,
+    events,
     exports,
     health,
     imports,
@@ -64,6 +66,7 @@ ROUTERS = (
     audit.router,
     reports.router,
     exports.router,
+    events.router,
     integrity.router,
     imports.router,
     owners.router,
@@ -106,6 +109,8 @@ def create_app(settings: Settings | None = None, *, wire: Bootstrap | None = Non
         app.state.idempotency = idempotency
         app.state.query_cache = QueryCache(runtime.clock)
         app.state.rate_limiter = _rate_limiter(settings)
+        app.state.event_streams = hub = StreamHub(settings.sse_max_streams)
+        runtime.application.on_saved.append(hub.poke)
         app.state.runtime = runtime
         purger = asyncio.create_task(
             idempotency.purge_every(PURGE_EVERY_SECONDS), name="idempotency-purge"
@@ -136,6 +141,7 @@ def create_app(settings: Settings | None = None, *, wire: Bootstrap | None = Non
     app.state.idempotency = None
     app.state.query_cache = None
     app.state.rate_limiter = None
+    app.state.event_streams = None
     install_error_handlers(app)
     app.add_exception_handler(IdempotentAnswer, idempotent_answer)
     for router in ROUTERS:

@@ -14,8 +14,10 @@ from libs.application.sql import make_engine
 from services.audit.checkpoints import Checkpointer
 from services.feeds.webhooks.delivery import Dispatcher
 from services.feeds.webhooks.store import create_webhook_tables
+from services.feeds.nats_relay import NatsRelay
 from services.projections.read_models import ReadModels
 from services.projections.runner import Worker
+from services.projections.source import EventSource
 from services.runtime.breaker import StoreBreaker
 from services.runtime.keys import KeyRing, build_keyring
 from services.runtime.settings import Settings
@@ -45,6 +47,7 @@ class Runtime:
     breaker: StoreBreaker
     worker: Worker | None = None
     webhooks: Dispatcher | None = None
+    relay: NatsRelay | None = None
     generated_admin_token: str | None = None
     background: list[Stopper] = field(default_factory=list)
 
@@ -109,6 +112,8 @@ def start_embedded_worker(runtime: Runtime, worker: Worker) -> None:
     start_checkpointer(runtime)
     if runtime.settings.webhooks:
         start_webhook_delivery(runtime)
+    if runtime.settings.nats_relay:
+        start_relay(runtime, worker.source)
 
 
 def webhook_dispatcher(
@@ -127,6 +132,27 @@ def start_webhook_delivery(runtime: Runtime) -> None:
     runtime.webhooks = dispatcher
     runtime.application.on_saved.append(lambda _position: dispatcher.poke())
     runtime.background.append(_stopper(dispatcher.stop, task))
+
+
+def relay_for(settings: Settings, engine: AsyncEngine, source: EventSource) -> NatsRelay:
+    """The NATS relay with the configured server, stream and subjects."""
+    return NatsRelay(
+        engine=engine,
+        source=source,
+        location=settings.store,
+        url=settings.nats_url,
+        stream=settings.nats_stream,
+        subject_prefix=settings.nats_subject_prefix,
+    )
+
+
+def start_relay(runtime: Runtime, source: EventSource) -> None:
+    """Relay the log to NATS beside the embedded worker, woken by every local command."""
+    relay = relay_for(runtime.settings, runtime.engine, source)
+    task = asyncio.create_task(relay.run(), name="nats-relay")
+    runtime.relay = relay
+    runtime.application.on_saved.append(relay.poke)
+    runtime.background.append(_stopper(relay.stop, task))
 
 
 def checkpointer_for(

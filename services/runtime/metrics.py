@@ -46,6 +46,7 @@ SCRAPE_BEHIND_LIMIT = 100_000  # events counted behind a projection per scrape, 
 SCRAPE_DATABASE_SECONDS = 2.0  # the database part of a scrape gives up after this long
 
 Render = Callable[[], Awaitable[bytes]]
+Ready = Callable[[], tuple[bool, dict[str, Any]]]
 
 
 def process_registry() -> CollectorRegistry:
@@ -171,8 +172,10 @@ def process_only() -> bytes:
 # --- the worker's own endpoint --------------------------------------------------------------
 
 
-def endpoint_app(scrape: Render) -> Starlette:
-    """``/metrics`` and ``/health/live`` of a process that has no API."""
+def endpoint_app(scrape: Render, ready: Ready | None = None) -> Starlette:
+    """``/metrics`` and ``/health/live`` of a process that has no API, and
+    ``/health/ready`` when the process says what being ready means for it (``ready``:
+    whether it is, and the checks to show)."""
 
     async def metrics(_: Request) -> Response:
         return Response(await scrape(), media_type=CONTENT_TYPE)
@@ -180,12 +183,20 @@ def endpoint_app(scrape: Render) -> Starlette:
     async def live(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    return Starlette(
-        routes=[
-            Route("/metrics", metrics, methods=["GET"]),
-            Route("/health/live", live, methods=["GET"]),
-        ]
-    )
+    routes = [
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/health/live", live, methods=["GET"]),
+    ]
+    if ready is not None:
+        is_ready = ready
+
+        async def readiness(_: Request) -> Response:
+            ok, checks = is_ready()
+            body = {"status": "ok" if ok else "not_ready", "checks": checks}
+            return JSONResponse(body, status_code=200 if ok else 503)
+
+        routes.append(Route("/health/ready", readiness, methods=["GET"]))
+    return Starlette(routes=routes)
 
 
 class _Server(uvicorn.Server):
@@ -230,11 +241,13 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def start_endpoint(scrape: Render, host: str, port: int) -> Endpoint:
+async def start_endpoint(
+    scrape: Render, host: str, port: int, ready: Ready | None = None
+) -> Endpoint:
     """Serve :func:`endpoint_app` on ``host:port`` from this event loop; returns once it
     listens (raises ``OSError`` when the address cannot be bound)."""
     config = uvicorn.Config(
-        endpoint_app(scrape),
+        endpoint_app(scrape, ready),
         host=host,
         port=port,
         log_config=None,

@@ -7,6 +7,7 @@ from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from limits import RateLimitItem, parse_many
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -85,6 +86,21 @@ class Settings(BaseSettings):
         default=10.0, alias="DEALTRAIL_WEBHOOK_TIMEOUT_SECONDS", gt=0, le=60
     )
     webhook_allow_private: bool = Field(default=False, alias="DEALTRAIL_WEBHOOK_ALLOW_PRIVATE")
+    # The change feed: the NATS JetStream relay and the server-sent event stream.
+    nats_relay: bool = Field(default=False, alias="DEALTRAIL_NATS_RELAY")
+    nats_url: str = Field(default="nats://127.0.0.1:4222", alias="DEALTRAIL_NATS_URL")
+    nats_stream: str = Field(
+        default="DEALTRAIL", alias="DEALTRAIL_NATS_STREAM", pattern=r"^[A-Za-z0-9_-]{1,64}$"
+    )
+    nats_subject_prefix: str = Field(
+        default="dealtrail",
+        alias="DEALTRAIL_NATS_SUBJECT_PREFIX",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+    )
+    sse_max_streams: int = Field(default=100, alias="DEALTRAIL_SSE_MAX_STREAMS", ge=1, le=10_000)
+    sse_max_minutes: float = Field(
+        default=60.0, alias="DEALTRAIL_SSE_MAX_MINUTES", gt=0, le=24 * 60
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -132,6 +148,16 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("DEALTRAIL_OTEL_ENDPOINT must be an http:// or https:// URL")
         return value.strip().rstrip("/")
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_url(cls, value: str) -> str:
+        urls = [u.strip() for u in value.split(",") if u.strip()]
+        if not urls or not all(u.startswith(("nats://", "tls://")) for u in urls):
+            raise ValueError(
+                "DEALTRAIL_NATS_URL must be one or more nats:// or tls:// URLs, separated by commas"
+            )
+        return ",".join(urls)
 
     @field_validator("rate_limits")
     @classmethod
@@ -198,6 +224,7 @@ class Settings(BaseSettings):
         for secret in (self.signing_key, self.database_password):
             if secret is not None:
                 values.append(secret.get_secret_value().strip())
+        values.extend(nats_credentials(self.nats_url))
         return values
 
     @cached_property
@@ -263,6 +290,19 @@ def load_settings() -> Settings:
             where = ".".join(str(part) for part in error["loc"]) or "settings"
             problems.append(f"  {where}: {error['msg']}")
         raise ConfigurationError("\n".join(problems)) from None
+
+
+def nats_credentials(urls: str) -> list[str]:
+    """The passwords and tokens in ``DEALTRAIL_NATS_URL`` (``nats://user:password@host``,
+    ``nats://token@host``), to keep out of logs."""
+    found = []
+    for url in urls.split(","):
+        parts = urlsplit(url)
+        if parts.password:
+            found.append(parts.password)
+        elif parts.username:
+            found.append(parts.username)
+    return found
 
 
 def parse_api_keys(raw: str, source: str = "DEALTRAIL_API_KEYS") -> dict[str, Actor]:
