@@ -11,7 +11,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,10 +69,8 @@ def delete_stream(target: Target) -> None:
         nc = await nats.connect(target.url, allow_reconnect=False, max_reconnect_attempts=1)
         try:
             js = nc.jetstream()
-            try:
+            with suppress(nats.js.errors.NotFoundError):
                 await js.delete_stream(target.stream)
-            except nats.js.errors.NotFoundError:
-                pass
         finally:
             await nc.close()
 
@@ -155,10 +153,11 @@ def own_nats_server(port: int, store_dir: Path) -> Iterator[str]:
             pytest.fail(message)
         pytest.skip(message)
     log = store_dir.parent / f"nats-{port}.log"
+    command = [binary, "--jetstream", "--store_dir", str(store_dir)]
+    command += ["-a", "127.0.0.1", "-p", str(port)]
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [binary, "--jetstream", "--store_dir", str(store_dir), "-a", "127.0.0.1"]
-            + ["-p", str(port)],
+            command,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

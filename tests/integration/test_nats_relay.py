@@ -196,7 +196,8 @@ async def test_a_relay_killed_mid_stream_and_restarted_leaves_one_message_per_po
     assert len(messages) == len(records)
     assert_one_message_per_event(messages, records)
 
-    result = subprocess.run(
+    result = await asyncio.to_thread(
+        subprocess.run,
         [str(DEALTRAIL), "relay", "status", "--json"],
         env=env,
         cwd=ROOT,
