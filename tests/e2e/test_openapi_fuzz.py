@@ -97,8 +97,11 @@ def service(
         need_postgres()
         backend = Backend("postgres", PG_URL, f"t_fuzz_{random.randrange(1 << 40):x}")
     try:
-        # a generated min_position beyond the log waits this long before its 503
-        with started_service(backend, tmp, DEALTRAIL_READ_WAIT_SECONDS="0.1") as started:
+        # a generated min_position beyond the log waits this long before its 503, and an
+        # event stream ends after 0.3 s rather than following the log
+        with started_service(
+            backend, tmp, DEALTRAIL_READ_WAIT_SECONDS="0.1", DEALTRAIL_SSE_MAX_MINUTES="0.005"
+        ) as started:
             yield started.base_url, seed(started.base_url)
             log = started.log_text()
             assert "Traceback" not in log, log[-5000:]
