@@ -2,7 +2,8 @@
 
 Each event goes to the subject ``<prefix>.<aggregate type, lower case>.<event type>``
 (``dealtrail.deal.DealWon``) with the header ``Nats-Msg-Id`` set to its position, and
-its body is the event as JSON (``EventRecord.as_json_dict()``, the one outbound shape).
+its body is the event as JSON in the one outbound shape (``envelope.py``: the export's
+line, and for a deal's event the deal as it stood after it).
 The relay keeps its position like a projection does, in ``nats_relay_state`` (a row per
 stream), and moves it only after the server has acknowledged every message of a batch.
 A relay killed between the acknowledgement and that write sends at most that batch
@@ -43,11 +44,13 @@ from nats.js.errors import NotFoundError
 from sqlalchemy import Column, MetaData, String, Table, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from libs.application.app import DealtrailApplication
 from libs.application.failures import is_unavailable
 from libs.application.records import EventRecord
 from libs.application.sql import advisory_key, connect_raw, setup_lock
 from libs.application.store import StoreLocation
 from libs.observability import metrics
+from services.feeds.envelope import envelope
 from services.projections.base import create_state_table, projection_parked
 from services.projections.parking import park
 from services.projections.source import EventSource, UndecodableRecord
@@ -88,9 +91,10 @@ def subject_of(prefix: str, record: EventRecord) -> str:
     return f"{prefix}.{aggregate}.{event}"
 
 
-def body_of(record: EventRecord) -> bytes:
-    """The message body: the event in the one outbound shape, as JSON."""
-    return orjson.dumps(record.as_json_dict())
+def body_of(application: DealtrailApplication, record: EventRecord) -> bytes:
+    """The message body: the event in the one outbound shape (``envelope``), as JSON (a
+    blocking call: a deal's event carries the deal as it stood after it)."""
+    return orjson.dumps(envelope(application, record))
 
 
 def consumer_name(stream: str) -> str:
@@ -273,13 +277,15 @@ class NatsRelay:
         stream dropped as duplicates. Raises when any is not acknowledged."""
         js = self._js
         assert js is not None
+        application = self.source.application
+        bodies = await asyncio.to_thread(lambda: [body_of(application, r) for r in records])
         pending: list[asyncio.Future[Any]] = []
         try:
-            for record in records:
+            for record, body in zip(records, bodies, strict=True):
                 pending.append(
                     await js.publish_async(
                         subject_of(self.subject_prefix, record),
-                        body_of(record),
+                        body,
                         stream=self.stream,
                         headers={MSG_ID: str(record.position)},
                     )

@@ -6,8 +6,8 @@ for each read and given back at once) and, when it has caught up, waits without 
 connection: for a command of this process to store events (:meth:`StreamHub.poke`, from
 the application's ``on_saved``), for the next look at the log (other processes write
 too), or for the next heartbeat. Each event goes out as ``id:`` (its position), ``event:``
-(its type) and ``data:`` (the event as JSON, ``EventRecord.as_json_dict()``), so that a
-client resuming with ``Last-Event-ID`` misses nothing and sees nothing twice.
+(its type) and ``data:`` (the event as JSON in the one outbound shape, ``envelope``), so
+that a client resuming with ``Last-Event-ID`` misses nothing and sees nothing twice.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ import time
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 
+from libs.application.app import DealtrailApplication
 from libs.application.failures import is_unavailable
 from libs.application.records import EventRecord
 from libs.observability import metrics
+from services.feeds.envelope import envelope
 from services.projections.source import EventSource, UndecodableRecord
 
 log = logging.getLogger("dealtrail.feeds.stream")
@@ -34,10 +36,27 @@ OUTAGE_RETRY_SECONDS = 1.0  # between reads while the event store is unreachable
 RETRY_MILLISECONDS = 2000  # what a browser's EventSource waits before reconnecting
 
 
-def sse_event(record: EventRecord) -> bytes:
-    """One event in the text/event-stream format."""
-    data = json.dumps(record.as_json_dict(), separators=(",", ":"), ensure_ascii=False)
+def sse_event(application: DealtrailApplication, record: EventRecord) -> bytes:
+    """One event in the text/event-stream format (a blocking call: see ``envelope``)."""
+    body = envelope(application, record)
+    data = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
     return f"id: {record.position}\nevent: {record.event_type}\ndata: {data}\n\n".encode()
+
+
+def _chunks(
+    source: EventSource, after: int, wanted: frozenset[str]
+) -> list[tuple[int, bytes | None]]:
+    """The next events after ``after``: (position, its block, or None when filtered out)."""
+    out: list[tuple[int, bytes | None]] = []
+    for record in source.read(after, STREAM_BATCH):
+        if isinstance(record, UndecodableRecord):
+            block = f": position {record.position} cannot be decoded\n\n".encode()
+        elif not wanted or record.event_type in wanted:
+            block = sse_event(source.application, record)
+        else:
+            block = None
+        out.append((record.position, block))
+    return out
 
 
 class StreamHub:
@@ -109,7 +128,7 @@ class LogStream:
         yield f"retry: {RETRY_MILLISECONDS}\n: events after position {position}\n\n".encode()
         while self.clock() - started < self.lifetime_seconds:
             try:
-                records = await asyncio.to_thread(self.source.read, position, STREAM_BATCH)
+                read = await asyncio.to_thread(_chunks, self.source, position, wanted)
             except Exception as exc:
                 if not is_unavailable(exc):
                     raise
@@ -119,18 +138,17 @@ class LogStream:
                 await asyncio.sleep(OUTAGE_RETRY_SECONDS)
                 continue
             chunks = []
-            for record in records:
-                position = record.position
-                if isinstance(record, UndecodableRecord):
-                    chunks.append(f": position {position} cannot be decoded\n\n".encode())
-                elif not wanted or record.event_type in wanted:
-                    chunks.append(sse_event(record))
+            for position, block in read:
+                if block is not None:
+                    chunks.append(block)
                     sent_position = position
+            if read:
+                position = read[-1][0]
             if chunks:
                 metrics.SSE_EVENTS_SENT.inc(sum(1 for c in chunks if c.startswith(b"id:")))
                 yield b"".join(chunks)
                 last_sent = self.clock()
-            if len(records) == STREAM_BATCH:
+            if len(read) == STREAM_BATCH:
                 continue
             since = self.clock() - last_sent
             if since >= self.heartbeat_seconds:

@@ -12,9 +12,9 @@ from libs.application.app import Clock, DealtrailApplication, utc_now
 from libs.application.failures import is_unavailable
 from libs.application.sql import make_engine
 from services.audit.checkpoints import Checkpointer
+from services.feeds.nats_relay import NatsRelay
 from services.feeds.webhooks.delivery import Dispatcher
 from services.feeds.webhooks.store import create_webhook_tables
-from services.feeds.nats_relay import NatsRelay
 from services.projections.read_models import ReadModels
 from services.projections.runner import Worker
 from services.projections.source import EventSource

@@ -18,6 +18,7 @@ import pytest
 from libs.application.records import EventRecord
 from libs.observability import metrics
 from services.demo.generator import generate
+from services.feeds.envelope import envelope
 from services.feeds.nats_relay import NatsRelay, relay_status
 from services.projections.source import EventSource
 from tests.conftest import Backend, TestClock
@@ -105,8 +106,12 @@ async def test_the_relay_publishes_every_event_once_with_its_subject_and_msg_id(
             assert message.subject == (
                 f"{target.prefix}.{record.aggregate_type.lower()}.{record.event_type}"
             )
-            assert message.body == json.loads(json.dumps(record.as_json_dict()))
+            assert message.body == json.loads(json.dumps(envelope(stores.app, record)))
         assert {m.subject.split(".")[1] for m in messages} >= {"deal", "pipeline"}
+        # a deal's event carries the deal as it stood after it
+        won = next(m for m in messages if m.subject.endswith(".DealWon"))
+        assert won.body["deal"]["status"] == "won"
+        assert won.body["deal"]["id"] == won.body["aggregate_id"]
 
         # it follows new events: one more deal's history arrives without a restart
         generate(stores.app, deals=2, seed=6, end=DEMO_END)
