@@ -7,28 +7,63 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import sys
 from typing import Any
 
+from libs.application.failures import is_unavailable
 from services.cli.arguments import SubCommands, positive_int
-from services.feeds.nats_relay import RELAY_BATCH, relay_status, stream_state
+from services.feeds.nats_relay import RELAY_BATCH, NatsRelay, relay_status, stream_state
 from services.runtime import metrics
 from services.runtime.bootstrap import relay_for
 from services.runtime.settings import Settings
-from services.runtime.stores import open_stores
+from services.runtime.stores import Stores, open_stores
+
+log = logging.getLogger("dealtrail.feeds.nats")
 
 NATS_CHECK_SECONDS = 5.0  # `relay status` gives up on NATS after this long
+OPEN_RETRY_SECONDS = 2.0  # `relay nats` tries the database this often until it answers
+
+
+async def _opened(
+    stack: contextlib.AsyncExitStack, settings: Settings, stopping: asyncio.Event
+) -> Stores | None:
+    """The stores, once the database answers (None when stopped before): a relay started
+    while the database is down waits for it rather than exiting."""
+    while not stopping.is_set():
+        try:
+            return await stack.enter_async_context(open_stores(settings))
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            log.warning("nats relay: the database is unreachable (%s); retrying", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), OPEN_RETRY_SECONDS)
+    return None
 
 
 async def _run(settings: Settings, batch_size: int, metrics_port: int) -> int:
-    async with open_stores(settings) as stores:
+    stopping = asyncio.Event()
+    relay: NatsRelay | None = None
+
+    def stop() -> None:
+        stopping.set()
+        if relay is not None:
+            relay.stop()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop)
+    async with contextlib.AsyncExitStack() as stack:
+        stores = await _opened(stack, settings, stopping)
+        if stores is None:
+            return 0
         relay = relay_for(settings, stores.engine, stores.source)
         relay.batch_size = batch_size
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, relay.stop)
+        if stopping.is_set():
+            relay.stop()
         endpoint = None
         host = settings.worker_metrics_host
         if metrics_port:
