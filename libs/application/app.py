@@ -16,6 +16,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import JSONTranscoder, Recording, Transcoding
 from eventsourcing.utils import get_topic
 
+from libs.domain.automation import AutomationRule
 from libs.domain.deal import Deal
 from libs.domain.errors import NotFound, RuleViolation
 from libs.domain.owner import Owner, owner_id_for
@@ -93,15 +94,38 @@ class DealtrailApplication(Application[UUID]):
 
     def pipeline_ids(self) -> list[UUID]:
         """Ids of every pipeline, oldest first (pipelines are few; deals are not)."""
-        topic = get_topic(Pipeline.PipelineDefined)  # type: ignore[attr-defined]
-        ids: list[UUID] = []
+        return [i for i, _ in self._created(Pipeline.PipelineDefined)]  # type: ignore[attr-defined]
+
+    def _created(self, creation: type[Any]) -> list[tuple[UUID, int]]:
+        """(aggregate id, position) of every stored event of a creation event class."""
+        topic = get_topic(creation)
+        found: list[tuple[UUID, int]] = []
         start = 1
         while True:
             batch = self.recorder.select_notifications(start, 500, topics=[topic])
-            ids.extend(UUID(str(n.originator_id)) for n in batch)
+            found.extend((UUID(str(n.originator_id)), n.id) for n in batch)
             if len(batch) < 500:
-                return ids
+                return found
             start = batch[-1].id + 1
+
+    def get_automation(self, automation_id: UUID | str) -> AutomationRule:
+        """A rule that exists (a deleted one raises NotFound like one never made)."""
+        try:
+            rule: Aggregate = self.repository.get(_as_uuid(automation_id, "automation"))
+        except AggregateNotFoundError:
+            raise NotFound(f"automation {automation_id} does not exist") from None
+        if not isinstance(rule, AutomationRule):
+            raise NotFound(f"automation {automation_id} does not exist")
+        rule.check_exists()
+        return rule
+
+    def automation_ids(self) -> list[tuple[UUID, int]]:
+        """(id, position of its creation) of every rule ever created, oldest first."""
+        return self._created(AutomationRule.AutomationCreated)  # type: ignore[attr-defined]
+
+    def has_aggregate(self, aggregate_id: UUID) -> bool:
+        """Whether any event of this aggregate is stored (one indexed look-up)."""
+        return bool(self.recorder.select_events(aggregate_id, limit=1))
 
     def get_deal(self, deal_id: UUID | str) -> Deal:
         try:

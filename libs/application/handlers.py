@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 from uuid import UUID
 
@@ -31,34 +31,51 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 
 from libs.application import failures
 from libs.application.app import DealtrailApplication
+from libs.domain.actors import Actor, Role
+from libs.domain.automation import (
+    TIME_TRIGGERS,
+    AutomationFiring,
+    AutomationRule,
+    automation_actor,
+    deal_occurrences,
+    firing_id_for,
+)
 from libs.domain.commands import (
     AddLostReason,
     AddStage,
     AdvanceDeal,
     AssignTeam,
+    AutomationChange,
     BatchResult,
     CancelActivity,
+    ChangeAutomation,
     ChangePipeline,
     ChangeStage,
     ChangeWebhook,
     Command,
     CommandResult,
     CompleteActivity,
+    CreateAutomation,
     CreateDeal,
     CreateWebhook,
     DealChange,
     DefinePipeline,
+    DeleteAutomation,
     DeleteWebhook,
+    FireAutomation,
+    FiringResult,
     ImportDeals,
     ImportSetup,
     LoseDeal,
     MoveDeal,
+    PauseAutomation,
     PauseWebhook,
     PipelineChange,
     RecordHistory,
     RemoveStage,
     ReopenDeal,
     ReorderStages,
+    ResumeAutomation,
     ResumeWebhook,
     RetireLostReason,
     RotateWebhookSecret,
@@ -77,6 +94,7 @@ from libs.domain.errors import (
     DomainError,
     DuplicateExternalId,
     InvalidInput,
+    NotFound,
     RuleViolation,
     StaleVersion,
 )
@@ -111,6 +129,8 @@ class Run:
 
     application: DealtrailApplication
     open_deals_in_stage: OpenDealsInStage | None = None
+    # the names of the reports a digest may send (the query layer's catalog); None: any
+    report_names: frozenset[str] | None = None
     events: list[DomainEventProtocol[UUID]] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     position: int = 0
@@ -682,6 +702,177 @@ def delete_webhook(run: Run, c: DeleteWebhook) -> CommandResult:
     return _on_webhook(run, c, lambda w, stamp: w.delete(**stamp))
 
 
+# --- automations ----------------------------------------------------------------------
+
+
+def _pipeline_of_rule(app: DealtrailApplication, pipeline_id: UUID | str) -> Pipeline:
+    try:
+        return app.get_pipeline(pipeline_id)
+    except NotFound as exc:
+        raise InvalidInput(exc.message, field="pipeline_id") from None
+
+
+def create_automation(run: Run, c: CreateAutomation) -> CommandResult:
+    """Define a rule on a pipeline (admins and managers)."""
+    c.actor.check_may_manage_automations()
+    pipeline = _pipeline_of_rule(run.application, c.pipeline_id)
+    rule = AutomationRule.create(
+        name=c.name,
+        description=c.description,
+        pipeline=pipeline,
+        trigger=c.trigger,
+        actions=c.actions,
+        report_names=run.report_names,
+        **_stamp(run, c),
+    )
+    position = run.store(rule)
+    return CommandResult(rule.id, rule.version, position, rule.as_dict(), True)
+
+
+ChangeOfRule = Callable[[AutomationRule, Stamp], None]
+
+
+def _on_automation(run: Run, c: AutomationChange, change: ChangeOfRule) -> CommandResult:
+    """Apply ``change`` to a rule (admins and managers), with the retry rules."""
+    c.actor.check_may_manage_automations()
+
+    def attempt() -> Decision:
+        rule = run.application.get_automation(c.automation_id)
+        _check_version(rule, c.expected_version, "automation")
+        change(rule, _stamp(run, c))
+        return [rule], lambda pos: CommandResult(rule.id, rule.version, pos, rule.as_dict())
+
+    return _retrying(run, "automation", c.expected_version, attempt)
+
+
+AUTOMATION_FIELDS = ("name", "description", "trigger", "actions")
+
+
+def change_automation(run: Run, c: ChangeAutomation) -> CommandResult:
+    changes = {k: v for k, v in _given(c, AUTOMATION_FIELDS).items() if v is not UNSET}
+
+    def change(rule: AutomationRule, stamp: Stamp) -> None:
+        pipeline = run.application.get_pipeline(rule.pipeline_id)
+        rule.change(pipeline=pipeline, changes=changes, report_names=run.report_names, **stamp)
+
+    return _on_automation(run, c, change)
+
+
+def pause_automation(run: Run, c: PauseAutomation) -> CommandResult:
+    return _on_automation(run, c, lambda rule, stamp: rule.pause(**stamp))
+
+
+def resume_automation(run: Run, c: ResumeAutomation) -> CommandResult:
+    return _on_automation(run, c, lambda rule, stamp: rule.resume(**stamp))
+
+
+def delete_automation(run: Run, c: DeleteAutomation) -> CommandResult:
+    return _on_automation(run, c, lambda rule, stamp: rule.delete(**stamp))
+
+
+def _action_result(action: dict[str, Any], run_it: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """An action's result: what it did, or the domain's refusal (recorded, not retried)."""
+    result: dict[str, Any] = {"type": action["type"]}
+    try:
+        result.update(ok=True, **run_it())
+    except DomainError as exc:
+        result.update(ok=False, error=exc.code, message=exc.message)
+    return result
+
+
+def _run_actions(
+    rule: AutomationRule, deal: Deal | None, c: FireAutomation, actor: Actor, stamp: Stamp
+) -> list[dict[str, Any]]:
+    """Each action of the rule through the deal's own commands (its rules and checklists
+    hold), in order, on the one deal aggregate the firing is stored with."""
+    results = []
+    for action in rule.actions:
+        kind = action["type"]
+
+        def run_it(action: dict[str, Any] = action, kind: str = kind) -> dict[str, Any]:
+            if kind == "notify":
+                return {}
+            if kind == "digest":
+                if c.digest is None:
+                    raise RuleViolation("the report could not be made", field="report")
+                return {"report": action["report"], "webhook_id": action["webhook_id"]}
+            assert deal is not None, "deal actions need a deal trigger (checked on the rule)"
+            actor.check_may_change_deal(deal.owner)
+            if kind == "create_activity":
+                assignee = action["assignee"]
+                activity_id = deal.schedule_activity(
+                    type=action["activity_type"],
+                    subject=action["subject"],
+                    due_at=stamp["now"] + timedelta(days=action["due_in_days"]),
+                    assignee=assignee,
+                    **stamp,
+                )
+                return {"activity_id": activity_id, "assignee": deal.activity(activity_id).assignee}
+            deal.update(owner=action["owner"], **stamp)
+            return {"owner": deal.owner}
+
+        results.append(_action_result(action, run_it))
+    return results
+
+
+def fire_automation(run: Run, c: FireAutomation) -> FiringResult:
+    """Record one occurrence of a rule and its actions' effects in one write.
+
+    The firing's aggregate id derives from the rule and the occurrence: if it exists, the
+    occurrence has fired (``already_fired``); a lost race on it is found the same way. A
+    time trigger's occurrence is confirmed on the deal's own state first; a rule that no
+    longer fires, or a deal no longer in that occurrence, is ``skipped``."""
+    app = run.application
+    firing_id = firing_id_for(c.automation_id, c.occurrence)
+    for _attempt in range(MAX_ATTEMPTS):
+        if app.has_aggregate(firing_id):
+            return _fired(c, FiringResult("already_fired", firing_id))
+        try:
+            rule = app.get_automation(c.automation_id)
+            deal = app.get_deal(c.deal_id) if c.deal_id is not None else None
+        except NotFound:
+            return _fired(c, FiringResult("skipped", firing_id))
+        if not rule.fires or (deal is not None and deal.pipeline_id != rule.pipeline_id):
+            return _fired(c, FiringResult("skipped", firing_id))
+        when, now = run.when(None)
+        if deal is not None and rule.trigger["type"] in TIME_TRIGGERS:
+            pipeline = app.get_pipeline(deal.pipeline_id)
+            found = dict(deal_occurrences(rule.trigger, deal.state, deal.id, pipeline.state, now))
+            if c.occurrence not in found:
+                return _fired(c, FiringResult("skipped", firing_id))
+        actor = Actor(automation_actor(rule.id), Role.MANAGER)
+        stamp = {"actor": actor.name, "occurred_at": when, "now": now}
+        results = _run_actions(rule, deal, c, actor, stamp)
+        digest = next((a for a in rule.actions if a["type"] == "digest"), None)
+        firing = AutomationFiring(
+            rule_id=rule.id,
+            rule_name=rule.name,
+            trigger=dict(rule.trigger),
+            deal_id=str(deal.id) if deal is not None else None,
+            reason=c.reason,
+            occurrence=c.occurrence,
+            actions=results,
+            digest=c.digest if digest is not None else None,
+            webhook_id=digest["webhook_id"] if digest is not None else None,
+            actor=actor.name,
+            occurred_at=when,
+        )
+        try:
+            position = run.store(firing, *([deal] if deal is not None else []))
+        except IntegrityError:
+            continue  # fired meanwhile (found above next time), or the deal changed
+        return _fired(c, FiringResult("fired", firing_id, position, tuple(results)))
+    raise ConcurrentModification("the deal is changing too often to fire the automation")
+
+
+def _fired(c: FireAutomation, result: FiringResult) -> FiringResult:
+    outcome = result.outcome
+    if outcome == "fired" and not all(a["ok"] for a in result.actions):
+        outcome = "action_failed"
+    metrics.automation_fired(str(c.automation_id), outcome)
+    return result
+
+
 # --- imports and generated history ----------------------------------------------------
 
 
@@ -848,6 +1039,12 @@ HANDLERS: Mapping[type[Command[Any]], Callable[[Run, Any], Any]] = {
     ResumeWebhook: resume_webhook,
     RotateWebhookSecret: rotate_webhook_secret,
     DeleteWebhook: delete_webhook,
+    CreateAutomation: create_automation,
+    ChangeAutomation: change_automation,
+    PauseAutomation: pause_automation,
+    ResumeAutomation: resume_automation,
+    DeleteAutomation: delete_automation,
+    FireAutomation: fire_automation,
     ImportDeals: import_deals,
     ImportSetup: import_setup,
     RecordHistory: record_history,
@@ -864,6 +1061,7 @@ def handle(
     command: Command[R],
     *,
     open_deals_in_stage: OpenDealsInStage | None = None,
+    report_names: frozenset[str] | None = None,
 ) -> R:
     """Run ``command`` and the policies reacting to what it stored; its result.
 
@@ -873,7 +1071,7 @@ def handle(
     positions of its events.
     """
     name = type(command).__name__
-    run = Run(application, open_deals_in_stage)
+    run = Run(application, open_deals_in_stage, report_names)
     started = time.perf_counter()
     ended = "ok"
     try:

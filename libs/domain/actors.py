@@ -60,6 +60,10 @@ class Actor:
                 details={"assignee": assignee},
             )
 
+    def check_may_manage_automations(self) -> None:
+        if self.role not in (Role.ADMIN, Role.MANAGER):
+            raise Forbidden("only admins and managers may create or change automations")
+
     def check_may_waive_checklist(self) -> None:
         if self.role not in (Role.ADMIN, Role.MANAGER):
             raise Forbidden("only admins and managers may waive a stage's checklist")

@@ -345,6 +345,78 @@ class DeleteWebhook(WebhookChange):
     """Remove a webhook for good."""
 
 
+# --- automations ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class CreateAutomation(Command[CommandResult]):
+    """Define an automation rule on a pipeline: a trigger and its actions."""
+
+    name: Any
+    pipeline_id: UUID | str
+    trigger: Any
+    actions: Any
+    description: Any = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AutomationChange(Change[CommandResult]):
+    """A change of one automation rule (admins and managers)."""
+
+    automation_id: UUID | str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChangeAutomation(AutomationChange):
+    """Change a rule's name, description, trigger and/or actions; only those given."""
+
+    name: Any = UNSET
+    description: Any = UNSET
+    trigger: Any = UNSET
+    actions: Any = UNSET
+
+
+@dataclass(frozen=True, kw_only=True)
+class PauseAutomation(AutomationChange):
+    """Stop a rule from firing until it is resumed."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResumeAutomation(AutomationChange):
+    """Let a paused rule fire again (a schedule does not catch up on what it missed)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeleteAutomation(AutomationChange):
+    """Delete a rule: it never fires again; its firings stay in the log."""
+
+
+@dataclass(frozen=True)
+class FiringResult:
+    """What firing one occurrence did: ``fired`` (with each action's result),
+    ``already_fired`` (another evaluator, or an earlier run, recorded it), or ``skipped``
+    (the rule no longer fires, or the deal is no longer in that occurrence)."""
+
+    outcome: str
+    firing_id: UUID
+    position: int | None = None
+    actions: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class FireAutomation(Command[FiringResult]):
+    """Record one occurrence of a rule and run its actions, all in one write.
+
+    For a time trigger on a deal the occurrence is confirmed on the deal's own state;
+    ``digest`` is the report a digest action sends (made by the caller's query layer)."""
+
+    automation_id: UUID | str
+    occurrence: str
+    reason: str
+    deal_id: UUID | str | None = None
+    digest: dict[str, Any] | None = None
+
+
 # --- imports and generated history ----------------------------------------------------
 
 

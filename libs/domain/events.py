@@ -51,6 +51,13 @@ class EventType(StrEnum):
     WEBHOOK_RESUMED = "WebhookResumed"
     WEBHOOK_DELETED = "WebhookDeleted"
     WEBHOOK_SECRET_ROTATED = "WebhookSecretRotated"  # noqa: S105 - an event name
+    # automation rules and their firings
+    AUTOMATION_CREATED = "AutomationCreated"
+    AUTOMATION_CHANGED = "AutomationChanged"
+    AUTOMATION_PAUSED = "AutomationPaused"
+    AUTOMATION_RESUMED = "AutomationResumed"
+    AUTOMATION_DELETED = "AutomationDeleted"
+    AUTOMATION_FIRED = "AutomationFired"
 
 
 E = EventType
@@ -99,6 +106,16 @@ WEBHOOK_EVENTS = frozenset(
         E.WEBHOOK_SECRET_ROTATED,
     }
 )
+AUTOMATION_RULE_EVENTS = frozenset(
+    {
+        E.AUTOMATION_CREATED,
+        E.AUTOMATION_CHANGED,
+        E.AUTOMATION_PAUSED,
+        E.AUTOMATION_RESUMED,
+        E.AUTOMATION_DELETED,
+    }
+)
+AUTOMATION_EVENTS = AUTOMATION_RULE_EVENTS | {E.AUTOMATION_FIRED}
 
 # Deal events that put the deal into a stage (a new visit, a stage reached).
 ENTERS_STAGE = frozenset({E.DEAL_CREATED, E.STAGE_ADVANCED, E.DEAL_REOPENED, E.DEAL_MOVED})

@@ -217,6 +217,27 @@ SSE_REFUSED = Counter(
     "dealtrail_sse_streams_refused_total",
     "Server-sent event streams refused because the process had its maximum open",
 )
+# --- automation -------------------------------------------------------------------------------
+# One sample per occurrence the evaluator tried to fire, by rule id (rules are bounded,
+# see the README's "Limits") and outcome: ``ok``, ``action_failed`` (recorded, an action
+# refused), ``already_fired`` (an earlier run or another evaluator recorded it) and
+# ``skipped`` (the rule no longer fires, or the deal is no longer in that occurrence).
+
+AUTOMATION_FIRINGS = Counter(
+    "dealtrail_automation_firings_total",
+    "Occurrences of automation rules the evaluator fired, by rule and outcome",
+    ["rule", "outcome"],
+)
+AUTOMATION_OUTCOMES = ("ok", "action_failed", "already_fired", "skipped")
+
+
+def automation_fired(rule: str, outcome: str) -> None:
+    """Record one occurrence of a rule handled by the evaluator."""
+    if outcome == "fired":
+        outcome = "ok"
+    if outcome not in AUTOMATION_OUTCOMES:
+        raise ValueError(f"automation outcome must be one of {', '.join(AUTOMATION_OUTCOMES)}")
+    AUTOMATION_FIRINGS.labels(rule, outcome).inc()
 
 
 # --- helpers used by the parts that record ---------------------------------------------------

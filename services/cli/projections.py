@@ -32,7 +32,12 @@ from services.projections.rebuild import (
 )
 from services.projections.runner import Worker, ensure_projection, projection_status
 from services.runtime import metrics
-from services.runtime.bootstrap import checkpointer_for, relay_for, webhook_dispatcher
+from services.runtime.bootstrap import (
+    checkpointer_for,
+    evaluator_for,
+    relay_for,
+    webhook_dispatcher,
+)
 from services.runtime.settings import Settings
 from services.runtime.stores import open_stores
 
@@ -48,9 +53,11 @@ async def _run(settings: Settings, names: list[str], batch_size: int, metrics_po
             projections=projections_named(names),
             batch_size=batch_size,
         )
+        evaluator = evaluator_for(settings, stores.application, stores.engine)
         async with setup_lock(settings.store):
             await worker.setup()
             await create_webhook_tables(stores.engine)
+            await evaluator.setup()
         checkpointer = checkpointer_for(settings, stores.application)
         background = [worker.run(), checkpointer.run()]
         dispatcher = None
@@ -60,6 +67,8 @@ async def _run(settings: Settings, names: list[str], batch_size: int, metrics_po
         relay = relay_for(settings, stores.engine, stores.source) if settings.nats_relay else None
         if relay is not None:
             background.append(relay.run())
+        if settings.automation:
+            background.append(evaluator.run())
 
         def stop() -> None:
             worker.stop()
@@ -68,6 +77,7 @@ async def _run(settings: Settings, names: list[str], batch_size: int, metrics_po
                 dispatcher.stop()
             if relay is not None:
                 relay.stop()
+            evaluator.stop()
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -23,7 +23,11 @@ from libs.domain.commands import Change, Command, CommandResult
 from services.pipeline_api.deps import CurrentPrincipal, ExpectedVersion, ReachableRuntime
 from services.pipeline_api.openapi import raises
 from services.queries.deals import open_deals_in_stage
+from services.queries.reports.catalog import REPORTS
 from services.runtime.bootstrap import Runtime
+
+# What a digest action may name: the query layer's reports.
+REPORT_NAMES = frozenset(REPORTS)
 
 
 class Sender:
@@ -56,7 +60,12 @@ class Sender:
             fields["expected_version"] = self.expected_version
         command = command_type(actor=self.actor, **fields)
         result = await run_in_threadpool(
-            lambda: handle(self.runtime.application, command, open_deals_in_stage=self._open_deals)
+            lambda: handle(
+                self.runtime.application,
+                command,
+                open_deals_in_stage=self._open_deals,
+                report_names=REPORT_NAMES,
+            )
         )
         if result.created and location is not None:
             self.response.headers["Location"] = f"{location}/{result.id}"

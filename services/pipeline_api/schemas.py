@@ -906,6 +906,110 @@ class WebhookPublic(BaseModel):
     description: str | None
     status: Literal["active", "paused"]
     paused_reason: Literal["failing", "manual"] | None
+
+
+# --- automations -------------------------------------------------------------------------
+
+TRIGGER_DESCRIPTION = (
+    "`type` and its fields: `enters_stage` (`stage`), `rotting` (optional `stage`, optional "
+    "`days`: default the stage's `rotting_days`), `stale` (the pipeline's "
+    "`stale_after_days`), `activity_overdue`, `won`, `lost`, `schedule` (`cron`: five "
+    "fields, `timezone`: an IANA name)"
+)
+ACTIONS_DESCRIPTION = (
+    "1 to 10 actions, each by `type`: `create_activity` (`activity_type`, `subject`, "
+    "`due_in_days`, `assignee`: null for the deal's owner), `notify`, `reassign` "
+    "(`owner`), `digest` (`report`, `params`, `webhook_id`; schedule triggers only)"
+)
+EXAMPLE_AUTOMATION: dict[str, Any] = {
+    "name": "Negotiation stuck two weeks",
+    "pipeline_id": "6f1c1c9e-8a53-4a8e-9d0e-0b8f1f0a2c11",
+    "trigger": {"type": "rotting", "stage": "negotiation", "days": 14},
+    "actions": [
+        {
+            "type": "create_activity",
+            "activity_type": "call",
+            "subject": "Call the customer",
+            "due_in_days": 1,
+            "assignee": None,
+        },
+        {"type": "notify"},
+    ],
+    "description": "a call task for the owner, and a webhook notification",
+}
+
+
+class AutomationCreate(_Body):
+    """Define an automation rule: when its trigger happens, its actions run."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                EXAMPLE_AUTOMATION,
+                {
+                    "name": "Monday funnel",
+                    "pipeline_id": "6f1c1c9e-8a53-4a8e-9d0e-0b8f1f0a2c11",
+                    "trigger": {
+                        "type": "schedule",
+                        "cron": "0 8 * * MON",
+                        "timezone": "Europe/Berlin",
+                    },
+                    "actions": [
+                        {
+                            "type": "digest",
+                            "report": "funnel",
+                            "params": {},
+                            "webhook_id": "0d9e7a56-3d5b-4c1e-9a4f-2b7c8e1d6f30",
+                        }
+                    ],
+                },
+            ]
+        }
+    )
+
+    name: str = Field(max_length=100)
+    pipeline_id: UUID
+    trigger: dict[str, Any] = Field(description=TRIGGER_DESCRIPTION)
+    actions: list[dict[str, Any]] = Field(description=ACTIONS_DESCRIPTION, max_length=10)
+    description: str | None = Field(default=None, max_length=2000)
+
+
+class AutomationPatch(_Body):
+    """Change a rule's name, description, trigger or actions; fields left out stay."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Negotiation stuck ten days",
+                    "trigger": {**EXAMPLE_AUTOMATION["trigger"], "days": 10},
+                }
+            ]
+        }
+    )
+
+    name: str | None = Field(default=None, max_length=100)
+    description: str | None = Field(default=None, max_length=2000)
+    trigger: dict[str, Any] | None = Field(default=None, description=TRIGGER_DESCRIPTION)
+    actions: list[dict[str, Any]] | None = Field(
+        default=None, description=ACTIONS_DESCRIPTION, max_length=10
+    )
+
+    def changed_fields(self) -> dict[str, Any]:
+        """The fields present in the request (a null description clears it)."""
+        return {k: getattr(self, k) for k in self.model_fields_set}
+
+
+class AutomationPublic(BaseModel):
+    """An automation rule as it is now."""
+
+    id: UUID
+    name: str
+    description: str | None
+    pipeline_id: UUID
+    trigger: dict[str, Any]
+    actions: list[dict[str, Any]]
+    status: Literal["active", "paused"]
     version: int
     created_at: datetime
     created_by: str
@@ -959,3 +1063,31 @@ class WebhookReplay(BaseModel):
     id: UUID
     from_position: int
     head: int
+    last_fired_at: datetime | None
+    fired_count: int
+    position: int | None = Field(default=None, description="The log position of a command")
+
+
+class AutomationsPage(BaseModel):
+    """A page of rules, oldest first."""
+
+    items: list[AutomationPublic]
+    next_cursor: str | None
+
+
+class FiringPublic(BaseModel):
+    """One firing of a rule: what triggered it and what each action did."""
+
+    position: int
+    occurred_at: datetime
+    deal_id: UUID | None
+    reason: str
+    occurrence: str
+    actions: list[dict[str, Any]]
+
+
+class FiringsPage(BaseModel):
+    """A page of a rule's firings, in log order."""
+
+    items: list[FiringPublic]
+    next_cursor: str | None

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from services.projections.analytics.projector import Analytics
 from services.projections.audit_history.projector import AuditHistory
+from services.projections.automations.projector import Automations
 from services.projections.base import Projection
 from services.projections.current_pipeline.projector import CurrentPipeline
 from services.projections.stage_durations.projector import StageDurations
@@ -13,7 +14,7 @@ from services.projections.stage_durations.projector import StageDurations
 
 def all_projections() -> list[Projection]:
     """Every read model, in the order they are built."""
-    return [CurrentPipeline(), StageDurations(), AuditHistory(), Analytics()]
+    return [CurrentPipeline(), StageDurations(), AuditHistory(), Analytics(), Automations()]
 
 
 def projections_named(names: Sequence[str]) -> list[Projection]:

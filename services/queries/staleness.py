@@ -10,7 +10,7 @@ database, with the same thresholds (:func:`thresholds`) and the same comparisons
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -18,8 +18,12 @@ from uuid import UUID
 from sqlalchemy import BigInteger, Table, and_, case, func, literal, null, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.domain.state import OPEN, PipelineState
+from libs.domain.automation import deal_occurrences
+from libs.domain.state import OPEN, ActivityState, PipelineState
+from services.projections.folding import activity_state_of, deal_state_of
+from services.projections.read_models import ReadModels
 from services.projections.sql import epoch_micros
+from services.queries.deals import pipelines_now
 
 DAY_MICROS = 86_400_000_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -109,3 +113,65 @@ def stale_over(
         return overs[0]
     a, b = overs
     return case((a.is_(None), b), (b.is_(None), a), (a > b, a), else_=b)
+
+
+async def occurrences_in_pipeline(
+    models: ReadModels,
+    pipeline_id: UUID,
+    trigger: Mapping[str, Any],
+    now: datetime,
+) -> list[tuple[str, str, str]]:
+    """(deal id, occurrence, reason) of every deal of the pipeline that a time trigger
+    (``stale``, ``rotting``, ``activity_overdue``) finds at ``now``.
+
+    The database picks the candidates with the thresholds' comparisons (open, not snoozed,
+    idle or in the stage long enough; open activities past due); each candidate is then
+    decided by the domain's rule (``deal_occurrences``), as the firing will be again on
+    the deal itself."""
+    async with models.open("current_pipeline") as view:
+        conn, d = view.conn, view.tables["deals"]
+        pipeline = (await pipelines_now(conn, view.tables)).get(str(pipeline_id))
+        if pipeline is None:
+            return []
+        kind = trigger["type"]
+        clauses: list[Any] = [d.c.pipeline_id == str(pipeline_id)]
+        activities: dict[str, list[ActivityState]] = defaultdict(list)
+        if kind == "activity_overdue":
+            a = view.tables["activities"]
+            rows = await conn.execute(
+                select(a).where(
+                    a.c.pipeline_id == str(pipeline_id),
+                    a.c.status == OPEN,
+                    a.c.due_at.is_not(None),
+                    a.c.due_at < now,
+                )
+            )
+            for row in rows.mappings():
+                activities[row["deal_id"]].append(activity_state_of(dict(row)))
+            clauses.append(d.c.deal_id.in_(list(activities)))
+        else:
+            clauses += [d.c.status == OPEN, not_snoozed(d, now)]
+            if kind == "stale":
+                days = pipeline.stale_after_days
+                clauses.append(d.c.last_activity_at < now - timedelta(days=days or 0))
+            else:
+                stage = trigger.get("stage")
+                if stage is not None:
+                    clauses.append(d.c.stage_id == stage)
+                limits = [
+                    trigger.get("days") or s.rotting_days
+                    for s in pipeline.stages
+                    if stage in (None, s.id)
+                ]
+                days = min((n for n in limits if n), default=None)
+                if days is None:
+                    return []
+                clauses.append(d.c.entered_current_stage_at < now - timedelta(days=days))
+        found = []
+        for row in (await conn.execute(select(d).where(*clauses))).mappings():
+            state = deal_state_of(dict(row), activities.get(row["deal_id"], ()))
+            for occurrence, reason in deal_occurrences(
+                trigger, state, row["deal_id"], pipeline, now
+            ):
+                found.append((row["deal_id"], occurrence, reason))
+        return found

@@ -12,6 +12,7 @@ from libs.application.app import Clock, DealtrailApplication, utc_now
 from libs.application.failures import is_unavailable
 from libs.application.sql import make_engine
 from services.audit.checkpoints import Checkpointer
+from services.automation.evaluator import Evaluator
 from services.feeds.nats_relay import NatsRelay
 from services.feeds.webhooks.delivery import Dispatcher
 from services.feeds.webhooks.store import create_webhook_tables
@@ -48,6 +49,7 @@ class Runtime:
     worker: Worker | None = None
     webhooks: Dispatcher | None = None
     relay: NatsRelay | None = None
+    automation: Evaluator | None = None
     generated_admin_token: str | None = None
     background: list[Stopper] = field(default_factory=list)
 
@@ -70,6 +72,7 @@ async def bootstrap(settings: Settings, clock: Clock = utc_now) -> Runtime:
         worker = Worker(engine=stores.engine, source=stores.source, location=settings.store)
         await worker.setup()  # read-model tables exist even when the worker runs elsewhere
         await create_webhook_tables(stores.engine)
+        await evaluator_for(settings, stores.application, stores.engine, clock).setup()
 
     stores = await connect_stores(settings, clock, pool_size=SERVICE_POOL_SIZE, setup=setup)
     assert worker is not None
@@ -114,6 +117,8 @@ def start_embedded_worker(runtime: Runtime, worker: Worker) -> None:
         start_webhook_delivery(runtime)
     if runtime.settings.nats_relay:
         start_relay(runtime, worker.source)
+    if runtime.settings.automation:
+        start_automation(runtime)
 
 
 def webhook_dispatcher(
@@ -153,6 +158,34 @@ def start_relay(runtime: Runtime, source: EventSource) -> None:
     runtime.relay = relay
     runtime.application.on_saved.append(relay.poke)
     runtime.background.append(_stopper(relay.stop, task))
+
+
+def evaluator_for(
+    settings: Settings,
+    application: DealtrailApplication,
+    engine: AsyncEngine,
+    clock: Clock = utc_now,
+    models: ReadModels | None = None,
+) -> Evaluator:
+    """The automation evaluator on the primary's read models, at the configured interval."""
+    return Evaluator(
+        application=application,
+        engine=engine,
+        models=models or ReadModels(engine, settings.read_wait_seconds, settings.max_read_waiters),
+        location=settings.store,
+        clock=clock,
+        interval=settings.automation_interval_seconds,
+    )
+
+
+def start_automation(runtime: Runtime) -> None:
+    """Automation rules are evaluated beside the projection worker (see services/automation)."""
+    evaluator = evaluator_for(
+        runtime.settings, runtime.application, runtime.engine, runtime.clock, runtime.primary_reads
+    )
+    task = asyncio.create_task(evaluator.run(), name="automation")
+    runtime.automation = evaluator
+    runtime.background.append(_stopper(evaluator.stop, task))
 
 
 def checkpointer_for(

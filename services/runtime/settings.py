@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     sse_max_minutes: float = Field(
         default=60.0, alias="DEALTRAIL_SSE_MAX_MINUTES", gt=0, le=24 * 60
     )
+    # The automation evaluator runs beside the projection worker (embedded or not).
+    automation: bool = Field(default=True, alias="DEALTRAIL_AUTOMATION")
+    automation_interval_seconds: float = Field(
+        default=10.0, alias="DEALTRAIL_AUTOMATION_INTERVAL_SECONDS", ge=0.1, le=3600
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -20,6 +20,7 @@ def test_every_command_has_exactly_one_handler_and_nothing_else_does() -> None:
             commands.PipelineChange,
             commands.DealChange,
             commands.WebhookChange,
+            commands.AutomationChange,
         )
     }
 

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from libs.application.records import EventRecord
 from libs.domain.events import (
     ACTIVITY_EVENTS,
+    AUTOMATION_EVENTS,
     CLOSES,
     DEAL_EVENTS,
     ENTERS_STAGE,
@@ -51,7 +52,7 @@ class Analytics(Projection):
     handles = DEAL_EVENTS | PIPELINE_EVENTS | OWNER_EVENTS
     schema_version = schema.SCHEMA_VERSION
     readable_since = schema.READABLE_SINCE
-    ignores: frozenset[str] = frozenset()
+    ignores: frozenset[str] = AUTOMATION_EVENTS
 
     def define(self, metadata: MetaData, suffix: str) -> dict[str, Table]:
         return schema.define(metadata, suffix)

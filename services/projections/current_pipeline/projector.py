@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from libs.application.records import EventRecord
 from libs.domain.events import (
     ACTIVITY_EVENTS,
+    AUTOMATION_EVENTS,
     DEAL_EVENTS,
     OWNER_EVENTS,
     PIPELINE_EVENTS,
@@ -52,7 +53,7 @@ class CurrentPipeline(Projection):
     handles = DEAL_EVENTS | PIPELINE_EVENTS
     schema_version = schema.SCHEMA_VERSION
     readable_since = schema.READABLE_SINCE
-    ignores = OWNER_EVENTS
+    ignores = OWNER_EVENTS | AUTOMATION_EVENTS
 
     def define(self, metadata: MetaData, suffix: str) -> dict[str, Table]:
         return schema.define(metadata, suffix)

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from libs.application.records import EventRecord
 from libs.domain.events import (
     ACTIVITY_EVENTS,
+    AUTOMATION_EVENTS,
     CLOSES,
     DEAL_EVENTS,
     OWNER_EVENTS,
@@ -31,7 +32,7 @@ class StageDurations(Projection):
 
     name = "stage_durations"
     handles = DEAL_EVENTS - ACTIVITY_EVENTS
-    ignores = PIPELINE_EVENTS | OWNER_EVENTS | ACTIVITY_EVENTS
+    ignores = PIPELINE_EVENTS | OWNER_EVENTS | ACTIVITY_EVENTS | AUTOMATION_EVENTS
     schema_version = schema.SCHEMA_VERSION
     readable_since = schema.READABLE_SINCE
 

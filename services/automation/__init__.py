@@ -1,0 +1,1 @@
+"""Automation rules at work: the evaluator that finds each occurrence and fires it once."""
