@@ -145,7 +145,8 @@ def check_trigger(value: Any, pipeline: Pipeline, field: str = "trigger") -> dic
         try:
             trigger["stage"] = pipeline.stage(value.get("stage")).id
         except DomainError as exc:
-            raise InvalidInput(exc.message, field=f"{field}.stage", details=exc.details) from None
+            details = {k: v for k, v in exc.details.items() if k != "field"}
+            raise InvalidInput(exc.message, field=f"{field}.stage", details=details) from None
     if kind == "rotting":
         trigger.setdefault("stage", None)
         trigger["days"] = _days(value.get("days"), f"{field}.days", required=False)

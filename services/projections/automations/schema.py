@@ -34,8 +34,8 @@ def define(metadata: MetaData, suffix: str) -> dict[str, Table]:
         Column("created_position", Position, nullable=False),
         Column("position", Position, nullable=False),
     )
-    Index(f"ix_ar{suffix}_order", rules.c.created_position)
-    Index(f"ix_ar{suffix}_pipeline", rules.c.pipeline_id, rules.c.created_position)
+    Index(f"ix_autr{suffix}_order", rules.c.created_position)
+    Index(f"ix_autr{suffix}_pipeline", rules.c.pipeline_id, rules.c.created_position)
     firings = Table(
         f"automations_firings{suffix}",
         metadata,
@@ -48,5 +48,5 @@ def define(metadata: MetaData, suffix: str) -> dict[str, Table]:
         Column("occurrence", String(200), nullable=False),
         Column("actions", JSON, nullable=False),
     )
-    Index(f"ix_af{suffix}_rule", firings.c.rule_id, firings.c.position)
+    Index(f"ix_autf{suffix}_rule", firings.c.rule_id, firings.c.position)
     return {"rules": rules, "firings": firings}
