@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -124,7 +125,7 @@ async def test_a_stale_rule_fires_exactly_once_per_deal_across_a_sigkill_of_the_
         wait_for(lambda: set(firings(runtime)) == deals, "a firing for every deal")
         # let the restarted evaluator look a few more times: nothing fires again
         head = runtime.application.head_position()
-        time.sleep(2)
+        await asyncio.sleep(2)
         assert second.proc.poll() is None, second.log_text()
 
     assert killed_at <= DEALS, killed_at
