@@ -26,6 +26,7 @@ from uuid import UUID
 
 import orjson
 from sqlalchemy import Column, MetaData, String, Table, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.application.app import DealtrailApplication
@@ -126,6 +127,12 @@ class Evaluator:
         """Evaluate every ``interval`` seconds until :meth:`stop`; survives outages."""
         try:
             while not self._stopping.is_set():
+                # one interval first: a process starting up has the projections to catch up
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
+                self._wake.clear()
+                if self._stopping.is_set():
+                    break
                 try:
                     if await self._hold_lock():
                         await self.run_once()
@@ -137,9 +144,6 @@ class Evaluator:
                     else:
                         log.exception("automation evaluator failed; retrying", exc_info=exc)
                     await self._drop_lock()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
-                self._wake.clear()
         finally:
             await self._drop_lock()
 
@@ -216,16 +220,17 @@ class Evaluator:
     # --- event triggers -----------------------------------------------------------------
 
     async def _position(self) -> int:
-        async with self.engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    select(automation_state.c.position).where(automation_state.c.name == LOCK_NAME)
-                )
-            ).first()
-            if row is not None:
-                return int(row[0])
-            await conn.execute(insert(automation_state).values(name=LOCK_NAME, position=0))
-            return 0
+        query = select(automation_state.c.position).where(automation_state.c.name == LOCK_NAME)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is not None:
+            return int(row[0])
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(automation_state).values(name=LOCK_NAME, position=0))
+        except IntegrityError:  # another evaluator made the row a moment ago
+            pass
+        return 0
 
     async def _save_position(self, position: int) -> None:
         async with self.engine.begin() as conn:

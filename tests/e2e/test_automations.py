@@ -34,7 +34,7 @@ CALL = {
 async def api(
     backend: Backend, tmp_path: Path, clock: TestClock
 ) -> AsyncIterator[httpx.AsyncClient]:
-    # The background evaluator looks once at start and then sleeps; the tests evaluate.
+    # The background evaluator waits an hour before it first looks; the tests evaluate.
     settings = backend.settings(tmp_path / "data", DEALTRAIL_AUTOMATION_INTERVAL_SECONDS=3600)
     async with client_for(settings, clock) as client:
         yield client
@@ -412,17 +412,16 @@ async def test_rules_are_listed_a_page_at_a_time(api: httpx.AsyncClient) -> None
     assert seen == made
 
 
-def test_a_weekly_schedule_keeps_its_local_hour_across_the_change_of_time() -> None:
+def test_a_schedule_keeps_its_local_hour_across_the_change_of_time() -> None:
     from libs.domain.automation import schedule_occurrences
 
-    trigger = {"cron": "0 8 * * MON", "timezone": "Europe/Berlin"}
+    trigger = {"cron": "0 8 * * *", "timezone": "Europe/Berlin"}
     found = schedule_occurrences(
-        trigger,
-        datetime(2026, 10, 18, tzinfo=UTC),
-        datetime(2026, 10, 25, 12, tzinfo=UTC) + timedelta(days=1),
+        trigger, datetime(2026, 10, 24, tzinfo=UTC), datetime(2026, 10, 26, 8, tzinfo=UTC)
     )
-    # Monday 19 October in summer time, Monday 26 October in winter time
+    # summer time ends in the night to Sunday 25 October: 08:00 is 06:00 UTC, then 07:00
     assert found == [
-        datetime(2026, 10, 19, 6, 0, tzinfo=UTC),
+        datetime(2026, 10, 24, 6, 0, tzinfo=UTC),
+        datetime(2026, 10, 25, 7, 0, tzinfo=UTC),
         datetime(2026, 10, 26, 7, 0, tzinfo=UTC),
     ]

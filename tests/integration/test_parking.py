@@ -541,6 +541,7 @@ def test_the_projections_commands_list_retry_and_show_parked_events(
         "stage_durations": ["0", "1"],
         "audit_history": ["0", "0"],
         "analytics": ["0", "0"],
+        "automations": ["0", "0"],
     }
 
     code, out = run("parked")
