@@ -217,6 +217,7 @@ SSE_REFUSED = Counter(
     "dealtrail_sse_streams_refused_total",
     "Server-sent event streams refused because the process had its maximum open",
 )
+
 # --- automation -------------------------------------------------------------------------------
 # One sample per occurrence the evaluator tried to fire, by rule id (rules are bounded,
 # see the README's "Limits") and outcome: ``ok``, ``action_failed`` (recorded, an action

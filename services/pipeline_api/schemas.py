@@ -906,6 +906,11 @@ class WebhookPublic(BaseModel):
     description: str | None
     status: Literal["active", "paused"]
     paused_reason: Literal["failing", "manual"] | None
+    version: int
+    created_at: datetime
+    created_by: str
+    updated_at: datetime
+    secret_rotated_at: datetime | None
 
 
 # --- automations -------------------------------------------------------------------------
@@ -1014,7 +1019,9 @@ class AutomationPublic(BaseModel):
     created_at: datetime
     created_by: str
     updated_at: datetime
-    secret_rotated_at: datetime | None
+    last_fired_at: datetime | None
+    fired_count: int
+    position: int | None = Field(default=None, description="The log position of a command")
 
 
 class WebhookCommandResponse(WebhookPublic):
@@ -1063,9 +1070,6 @@ class WebhookReplay(BaseModel):
     id: UUID
     from_position: int
     head: int
-    last_fired_at: datetime | None
-    fired_count: int
-    position: int | None = Field(default=None, description="The log position of a command")
 
 
 class AutomationsPage(BaseModel):
