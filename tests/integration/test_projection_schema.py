@@ -113,7 +113,7 @@ async def test_tables_of_an_older_schema_are_refused_until_a_rebuild_replaces_th
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    settings = backend.settings(tmp_path / "data", DEALTRAIL_READ_WAIT_SECONDS=0.5)
+    settings = backend.settings(tmp_path / "data", DEALTRAIL_READ_WAIT_SECONDS=30)
     async with client_for(settings, clock) as api:
         _, deal_id, _ = await start_history(api)
     as_previous_release(backend, settings)
@@ -200,7 +200,7 @@ async def test_tables_of_an_older_schema_are_refused_until_a_rebuild_replaces_th
 async def test_tables_a_newer_release_built_are_neither_written_nor_read(
     backend: Backend, tmp_path: Path, clock: TestClock
 ) -> None:
-    settings = backend.settings(tmp_path / "data", DEALTRAIL_READ_WAIT_SECONDS=0.5)
+    settings = backend.settings(tmp_path / "data", DEALTRAIL_READ_WAIT_SECONDS=30)
     async with client_for(settings, clock) as api:
         pipeline_id, deal_id, _ = await start_history(api)
         runtime = api.app.state.runtime  # type: ignore[attr-defined]
