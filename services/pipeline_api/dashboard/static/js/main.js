@@ -7,6 +7,7 @@ import { ChangeFeed } from './live.js';
 import { clearAlerts, fail, notify } from './notices.js';
 import * as session from './session.js';
 import * as activities from './views/activities.js';
+import * as automations from './views/automations.js';
 import * as board from './views/board.js';
 import * as deal from './views/deal.js';
 import * as nonext from './views/nonext.js';
@@ -16,11 +17,13 @@ import * as stale from './views/stale.js';
 import * as timetravel from './views/timetravel.js';
 
 const VIEWS = {
-  board, deal, activities, 'no-next-step': nonext, reports, stale, 'time-travel': timetravel,
+  board, deal, activities, 'no-next-step': nonext, reports, stale, automations,
+  'time-travel': timetravel,
 };
 const NAV = [
   ['board', 'Board'], ['activities', 'My activities'], ['no-next-step', 'No next step'],
-  ['reports', 'Reports'], ['stale', 'Stale deals'], ['time-travel', 'Time travel'],
+  ['reports', 'Reports'], ['stale', 'Stale deals'], ['automations', 'Automations'],
+  ['time-travel', 'Time travel'],
 ];
 const LOOKUP_TTL_MS = 30000;  // pipelines and owners are fetched again after this
 
