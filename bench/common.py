@@ -321,6 +321,9 @@ def service_env(db: Database, data_dir: Path, **extra: str) -> dict[str, str]:
         DEALTRAIL_DATA_DIR=str(data_dir),
         DEALTRAIL_EMBEDDED_WORKER="false",
         DEALTRAIL_WEB_WORKERS=str(web_workers(db)),
+        # One bench token sends hundreds of commands a second: production's per-token
+        # limits would measure the limiter's refusals, not the service.
+        DEALTRAIL_RATE_LIMITS="off",
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)
