@@ -16,6 +16,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import JSONTranscoder, Recording, Transcoding
 from eventsourcing.utils import get_topic
 
+from libs.application.failures import ReadChanged
 from libs.domain.automation import AutomationRule
 from libs.domain.deal import Deal
 from libs.domain.errors import NotFound, RuleViolation
@@ -25,6 +26,10 @@ from libs.domain.webhook import Webhook
 from libs.observability.metrics import timed_append
 
 Clock = Callable[[], datetime]
+
+# Pipelines kept by one process for deal commands (pipelines are few); past this many
+# the cache starts over.
+PIPELINE_CACHE_SIZE = 1_000
 
 
 def utc_now() -> datetime:
@@ -54,6 +59,10 @@ class DealtrailApplication(Application[UUID]):
         self.clock = clock
         # Called with the last position after every save (e.g. to wake an in-process worker).
         self.on_saved: list[Callable[[int], None]] = []
+        # Pipelines that deal commands read, by id (see read_pipeline); only when the
+        # recorder checks the versions of what a command read.
+        self._pipelines: dict[UUID, Pipeline] = {}
+        self._checks_reads = bool(getattr(self.recorder, "checks_read_versions", False))
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
@@ -61,15 +70,32 @@ class DealtrailApplication(Application[UUID]):
 
     # --- the one write --------------------------------------------------------------
 
-    def record(self, *aggregates: Aggregate) -> list[Recording[UUID]]:
+    def record(
+        self, *aggregates: Aggregate, read: Sequence[Aggregate] = ()
+    ) -> list[Recording[UUID]]:
         """Store the aggregates' new events in one transaction; tell ``on_saved``.
 
-        Raises IntegrityError when another writer got in first (the caller decides
-        whether to re-decide), and RuleViolation when there is nothing to store.
+        ``read``: aggregates the command decided on without changing them (a pipeline
+        from :meth:`read_pipeline`); the store refuses the events with ReadChanged if one
+        of them changed since (and the cached copy is dropped). Raises IntegrityError
+        when another writer got in first (the caller decides whether to re-decide), and
+        RuleViolation when there is nothing to store.
         """
-        with timed_append() as stored:
-            recordings = self.save(*aggregates)
-            stored.append(len(recordings))
+        versions = {a.id: a.version for a in read} if self._checks_reads else {}
+        try:
+            with timed_append() as stored:
+                recordings = (
+                    self.save(*aggregates, read=versions) if versions else self.save(*aggregates)
+                )
+                stored.append(len(recordings))
+        except ReadChanged:
+            for aggregate in read:
+                self._pipelines.pop(aggregate.id, None)
+            raise
+        finally:
+            for aggregate in aggregates:
+                if isinstance(aggregate, Pipeline):
+                    self._pipelines.pop(aggregate.id, None)
         if not recordings:
             raise RuleViolation("the command produced no events")
         position = recordings[-1].notification.id
@@ -90,6 +116,24 @@ class DealtrailApplication(Application[UUID]):
             raise NotFound(f"pipeline {pipeline_id} does not exist") from None
         if not isinstance(pipeline, Pipeline):
             raise NotFound(f"pipeline {pipeline_id} does not exist")
+        return pipeline
+
+    def read_pipeline(self, pipeline_id: UUID | str) -> Pipeline:
+        """A pipeline to decide on without changing it (a deal command's), from this
+        process's cache when the store can check it: give it to ``record(..., read=)``,
+        which stores nothing if the pipeline changed since (another process's change
+        included), so a stale copy costs one retry and is never acted on. Never change
+        the pipeline returned: it is shared."""
+        if not self._checks_reads:
+            return self.get_pipeline(pipeline_id)
+        key = _as_uuid(pipeline_id, "pipeline")
+        cached = self._pipelines.get(key)
+        if cached is not None:
+            return cached
+        pipeline = self.get_pipeline(key)
+        if len(self._pipelines) >= PIPELINE_CACHE_SIZE:
+            self._pipelines.clear()
+        self._pipelines[key] = pipeline
         return pipeline
 
     def pipeline_ids(self) -> list[UUID]:

@@ -86,3 +86,13 @@ def outcome(exc: BaseException) -> str:
     if isinstance(kind, str):
         return kind
     return "unavailable" if is_unavailable(exc) else "error"
+
+
+class ReadChanged(Exception):
+    """An aggregate a command only read (a deal's pipeline, taken from a process's cache)
+    was changed in the store after that copy was made: the command's events were not
+    stored, and the command is decided again on a fresh copy."""
+
+    def __init__(self, aggregate_ids: list[str]) -> None:
+        super().__init__(f"read aggregates changed: {', '.join(aggregate_ids)}")
+        self.aggregate_ids = aggregate_ids

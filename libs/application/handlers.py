@@ -31,6 +31,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 
 from libs.application import failures
 from libs.application.app import DealtrailApplication
+from libs.application.failures import ReadChanged
 from libs.domain.actors import Actor, Role
 from libs.domain.automation import (
     TIME_TRIGGERS,
@@ -142,9 +143,10 @@ class Run:
             return now, now
         return to_utc(occurred_at, "occurred_at"), now
 
-    def store(self, *aggregates: Aggregate) -> int:
-        """Record the aggregates' new events in one transaction; the last position."""
-        recordings = self.application.record(*aggregates)
+    def store(self, *aggregates: Aggregate, read: Sequence[Aggregate] = ()) -> int:
+        """Record the aggregates' new events in one transaction; the last position.
+        ``read``: what the command decided on without changing (see ``record``)."""
+        recordings = self.application.record(*aggregates, read=read)
         self.events.extend(r.domain_event for r in recordings)
         self.positions.extend(r.notification.id for r in recordings)
         self.position = max(self.position, recordings[-1].notification.id)
@@ -159,7 +161,8 @@ class Run:
 
 
 Stamp = dict[str, Any]  # actor, occurred_at and now, as every aggregate method takes them
-Decision = tuple[Sequence[Aggregate], Callable[[int], CommandResult]]
+Decision = tuple[Sequence[Aggregate], Sequence[Aggregate], Callable[[int], CommandResult]]
+"""(aggregates to store, aggregates only read, the result once stored at a position)."""
 
 
 def _stamp(run: Run, command: Command[Any]) -> Stamp:
@@ -176,13 +179,24 @@ def _check_version(aggregate: Aggregate, expected_version: int | None, what: str
 
 
 def _retrying(
-    run: Run, what: str, expected_version: int | None, attempt: Callable[[], Decision]
+    run: Run,
+    what: str,
+    expected_version: int | None,
+    attempt: Callable[[], Decision],
 ) -> CommandResult:
-    """Run ``attempt`` (load, decide) and store; on a lost race retry or report stale."""
+    """Run ``attempt`` (load, decide) and store; on a lost race retry or report stale.
+    An attempt decided on a read aggregate that has changed since (a cached pipeline) is
+    run again on a fresh copy, If-Match or not: the aggregate it changes did not move."""
     for n in range(1, MAX_ATTEMPTS + 1):
-        aggregates, finish = attempt()
+        aggregates, read, finish = attempt()
         try:
-            position = run.store(*aggregates)
+            position = run.store(*aggregates, read=read)
+        except ReadChanged:
+            if n == MAX_ATTEMPTS:
+                raise ConcurrentModification(
+                    f"the pipeline of this {what} is changing too often; try again"
+                ) from None
+            continue
         except IntegrityError:
             if expected_version is not None:
                 raise StaleVersion(
@@ -243,8 +257,10 @@ def _on_pipeline(run: Run, c: PipelineChange, change: ChangeOfPipeline) -> Comma
         pipeline = run.application.get_pipeline(c.pipeline_id)
         _check_version(pipeline, c.expected_version, "pipeline")
         change(pipeline, _stamp(run, c))
-        return [pipeline], lambda pos: CommandResult(
-            pipeline.id, pipeline.version, pos, pipeline.as_dict()
+        return (
+            [pipeline],
+            (),
+            lambda pos: CommandResult(pipeline.id, pipeline.version, pos, pipeline.as_dict()),
         )
 
     return _retrying(run, "pipeline", c.expected_version, attempt)
@@ -357,8 +373,10 @@ def remove_stage(run: Run, c: RemoveStage) -> CommandResult:
             assert destination is not None
             _move_for_removal(deal, pipeline, destination.id, cause, stamp)
         state = {**pipeline.as_dict(), "moved_deals": [str(d.id) for d in deals]}
-        return [pipeline, *deals], lambda pos: CommandResult(
-            pipeline.id, pipeline.version, pos, state
+        return (
+            [pipeline, *deals],
+            (),
+            lambda pos: CommandResult(pipeline.id, pipeline.version, pos, state),
         )
 
     return _retrying(run, "pipeline", c.expected_version, attempt)
@@ -425,28 +443,36 @@ def create_deal(run: Run, c: CreateDeal) -> CommandResult:
     if isinstance(owner, str):
         owner = owner.strip()
     actor.check_may_assign(owner if isinstance(owner, str) else "")
-    pipeline = run.application.get_pipeline(c.pipeline_id)
-    deal = Deal.create(
-        pipeline=pipeline,
-        title=c.title,
-        value=c.value,
-        owner=owner,
-        stage=c.stage,
-        expected_close_date=c.expected_close_date,
-        external_id=c.external_id,
-        account=c.account,
-        product=c.product,
-        note=c.note,
-        **_stamp(run, c),
-    )
-    try:
-        position = run.store(deal)
-    except IntegrityError:
-        raise DuplicateExternalId(
-            f"a deal with external_id {deal.external_id!r} already exists in this pipeline",
-            details={"deal_id": str(deal_id_for(pipeline.id, str(deal.external_id)))},
-        ) from None
-    return CommandResult(deal.id, deal.version, position, deal.as_dict(pipeline), True)
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        pipeline = run.application.read_pipeline(c.pipeline_id)
+        deal = Deal.create(
+            pipeline=pipeline,
+            title=c.title,
+            value=c.value,
+            owner=owner,
+            stage=c.stage,
+            expected_close_date=c.expected_close_date,
+            external_id=c.external_id,
+            account=c.account,
+            product=c.product,
+            note=c.note,
+            **_stamp(run, c),
+        )
+        try:
+            position = run.store(deal, read=[pipeline])
+        except ReadChanged:
+            if attempt == MAX_ATTEMPTS:
+                raise ConcurrentModification(
+                    "the pipeline is changing too often to open a deal in it; try again"
+                ) from None
+            continue
+        except IntegrityError:
+            raise DuplicateExternalId(
+                f"a deal with external_id {deal.external_id!r} already exists in this pipeline",
+                details={"deal_id": str(deal_id_for(pipeline.id, str(deal.external_id)))},
+            ) from None
+        return CommandResult(deal.id, deal.version, position, deal.as_dict(pipeline), True)
+    raise AssertionError("unreachable")
 
 
 ChangeOfDeal = Callable[[Deal, Pipeline, Stamp], Any]
@@ -477,13 +503,18 @@ def _on_deal(
         deal = app.get_deal(c.deal_id)
         c.actor.check_may_change_deal(deal.owner)
         _check_version(deal, c.expected_version, "deal")
-        pipeline = app.get_pipeline(deal.pipeline_id)
+        pipeline = app.read_pipeline(deal.pipeline_id)
         stamp = _stamp(run, c)
         outcome = change(deal, pipeline, stamp)
+        read = [pipeline]
         if deal.pipeline_id != pipeline.id:  # moved: show it in its new pipeline
             pipeline = app.get_pipeline(deal.pipeline_id)
         key, state = answer(deal, pipeline, outcome, stamp["now"])
-        return [deal], lambda pos: CommandResult(UUID(str(key)), deal.version, pos, state, created)
+        return (
+            [deal],
+            read,
+            lambda pos: CommandResult(UUID(str(key)), deal.version, pos, state, created),
+        )
 
     return _retrying(run, "deal", c.expected_version, attempt)
 
@@ -672,8 +703,10 @@ def _on_webhook(run: Run, c: WebhookChange, change: ChangeOfWebhook) -> CommandR
         webhook = run.application.get_webhook(c.webhook_id)
         _check_version(webhook, c.expected_version, "webhook")
         change(webhook, _stamp(run, c))
-        return [webhook], lambda pos: CommandResult(
-            webhook.id, webhook.version, pos, webhook.as_dict()
+        return (
+            [webhook],
+            (),
+            lambda pos: CommandResult(webhook.id, webhook.version, pos, webhook.as_dict()),
         )
 
     return _retrying(run, "webhook", c.expected_version, attempt)
@@ -740,7 +773,7 @@ def _on_automation(run: Run, c: AutomationChange, change: ChangeOfRule) -> Comma
         rule = run.application.get_automation(c.automation_id)
         _check_version(rule, c.expected_version, "automation")
         change(rule, _stamp(run, c))
-        return [rule], lambda pos: CommandResult(rule.id, rule.version, pos, rule.as_dict())
+        return [rule], (), lambda pos: CommandResult(rule.id, rule.version, pos, rule.as_dict())
 
     return _retrying(run, "automation", c.expected_version, attempt)
 

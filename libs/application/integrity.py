@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +30,7 @@ from eventsourcing.sqlite import (
     SQLiteTransaction,
 )
 
+from libs.application.failures import ReadChanged
 from libs.application.pg_recorder import CHECKPOINTS_TABLE, OrderedInsertRecorder
 from libs.chain_verifier import (
     BAD_SIGNATURE,
@@ -76,7 +77,10 @@ def _write_transaction(datastore: SQLiteDatastore) -> Iterator[SQLiteCursor]:
 
 
 class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
-    """The library's SQLite recorder, extending the hash chain in each insert transaction."""
+    """The library's SQLite recorder, extending the hash chain in each insert transaction
+    (and checking the versions of what the command read, as ``pg_recorder`` does)."""
+
+    checks_read_versions = True  # insert_events(..., read=...) is honoured
 
     def __init__(self, datastore: SQLiteDatastore, events_table_name: str = "stored_events"):
         super().__init__(datastore, events_table_name)
@@ -93,6 +97,9 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
         )
         self.select_head_statement = f"SELECT rowid, hash FROM {table} ORDER BY rowid DESC LIMIT 2"
         self.fill_statement = f"UPDATE {table} SET prev_position = ?, hash = ? WHERE rowid = ?"
+        self.read_version_statement = (
+            f"SELECT 1 FROM {table} WHERE originator_id = ? AND originator_version > ? LIMIT 1"
+        )
 
     def construct_create_table_statements(self) -> list[str]:
         return [
@@ -119,12 +126,23 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
             return self._insert_events(c, stored_events, **kwargs)
 
     def _insert_events(
-        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **_: Any
+        self,
+        c: SQLiteCursor,
+        stored_events: Sequence[StoredEvent],
+        *,
+        read: Mapping[UUID, int] | None = None,
+        **_: Any,
     ) -> Sequence[int] | None:
         if not stored_events:
             return []
         first = stored_events[0]
         c.execute(self.claim_statement, self._columns(first))
+        # Under the write lock: the aggregates the command read are still at the versions
+        # it read (see pg_recorder); else nothing is stored.
+        for aggregate_id, version in (read or {}).items():
+            c.execute(self.read_version_statement, (_uuid(aggregate_id).hex, version))
+            if c.fetchone() is not None:
+                raise ReadChanged([str(aggregate_id)])
         c.execute(self.select_head_statement)
         rows = c.fetchall()
         if len(rows) == 2:

@@ -20,25 +20,41 @@ event its position, ``prev_position`` and ``hash = sha256(prev_hash || canonical
 bytes)``, so concurrent appends form one unbroken line. While the newest event has no
 hash (a log written before the chain, not yet sealed by ``dealtrail audit seal``) new
 events get none either; the seal fills them in order.
+
+Still under that lock, the function checks the aggregates the command only read (a
+deal's pipeline, which each API process keeps in a cache): when one of them has a
+version newer than the one the command decided on, nothing is stored and the call fails
+with ``READ_CHANGED`` (raised here as :class:`ReadChanged`), so a pipeline changed by
+another process is never decided on from an old copy. The check is one index probe per
+read aggregate in the statement that appends, so it costs no round trip.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.utils import retry
-from psycopg import InterfaceError, OperationalError
+from psycopg import Error, InterfaceError, OperationalError
 from psycopg.sql import SQL, Identifier, Literal
 
+from libs.application.failures import ReadChanged
+
 FUNCTION_PREFIX = "dealtrail_append_events"
+# Appends with the versions of the aggregates the command read (see the module's doc).
+CHECKED_FUNCTION_PREFIX = "dealtrail_append_checked"
+READ_CHANGED = "DTR01"  # the SQLSTATE of a refused append: a read aggregate changed
 CHECKPOINTS_TABLE = "event_checkpoints"
 
 
 class OrderedInsertRecorder(PostgresApplicationRecorder):
-    """Appends events with one call to a function that locks, notifies, chains and inserts."""
+    """Appends events with one call to a function that locks, checks what the command
+    read, notifies, chains and inserts."""
+
+    checks_read_versions = True  # insert_events(..., read=...) is honoured
 
     def __init__(
         self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"
@@ -82,9 +98,14 @@ class OrderedInsertRecorder(PostgresApplicationRecorder):
                 "public_key bytea, signature bytea)"
             ).format(**names)
         )
+        self.checked_function_name = (
+            f"{CHECKED_FUNCTION_PREFIX}_{self.datastore.originator_id_type}"
+        )
+        checked = Identifier(self.checked_function_name)
         self.sql_create_statements.append(
             SQL(
-                "CREATE OR REPLACE FUNCTION {schema}.{function}(events {schema}.{event}[]) "
+                "CREATE OR REPLACE FUNCTION {schema}.{checked}(events {schema}.{event}[], "
+                "read_ids uuid[], read_versions bigint[]) "
                 "RETURNS SETOF bigint LANGUAGE plpgsql AS $BODY$ "
                 "DECLARE "
                 "e {schema}.{event}; "
@@ -95,6 +116,13 @@ class OrderedInsertRecorder(PostgresApplicationRecorder):
                 "BEGIN "
                 "SET LOCAL lock_timeout = '{lock_timeout}s'; "
                 "LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE; "
+                "FOR i IN 1 .. coalesce(array_length(read_ids, 1), 0) LOOP "
+                "IF EXISTS (SELECT 1 FROM {schema}.{table} r WHERE r.originator_id = read_ids[i] "
+                "AND r.originator_version > read_versions[i]) THEN "
+                "RAISE EXCEPTION USING ERRCODE = '{read_changed}', "
+                "MESSAGE = 'read aggregate changed: ' || read_ids[i]; "
+                "END IF; "
+                "END LOOP; "
                 "NOTIFY {channel}; "
                 "SELECT s.notification_id, s.hash INTO last_position, last_hash "
                 "FROM {schema}.{table} s ORDER BY s.notification_id DESC LIMIT 1; "
@@ -118,7 +146,8 @@ class OrderedInsertRecorder(PostgresApplicationRecorder):
                 "END LOOP; "
                 "END; $BODY$"
             ).format(
-                function=function,
+                checked=checked,
+                read_changed=SQL(READ_CHANGED),
                 event=Identifier(self.stored_event_type_name),
                 channel=Identifier(self.channel_name),
                 lock_timeout=self.datastore.lock_timeout,
@@ -127,21 +156,49 @@ class OrderedInsertRecorder(PostgresApplicationRecorder):
                 **names,
             )
         )
-        self.append_statement = SQL("SELECT * FROM {schema}.{function}((%s))").format(
-            schema=schema, function=function
+        # The name appends had before the check: processes still running older code call
+        # it, so it stays, as the checked append with nothing read.
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE OR REPLACE FUNCTION {schema}.{function}(events {schema}.{event}[]) "
+                "RETURNS SETOF bigint LANGUAGE sql AS $BODY$ "
+                "SELECT * FROM {schema}.{checked}(events, '{{}}'::uuid[], '{{}}'::bigint[]) "
+                "$BODY$"
+            ).format(
+                schema=schema,
+                function=function,
+                checked=checked,
+                event=Identifier(self.stored_event_type_name),
+            )
+        )
+        self.append_statement = SQL("SELECT * FROM {schema}.{checked}(%s, %s, %s)").format(
+            schema=schema, checked=checked
         )
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_events(
-        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+        self,
+        stored_events: Sequence[StoredEvent],
+        *,
+        read: Mapping[UUID, int] | None = None,
+        **kwargs: Any,
     ) -> Sequence[int] | None:
+        """Append the events; ``read``: aggregate id -> the version the command read
+        (:class:`ReadChanged` when one is newer in the store; nothing is stored)."""
         if not stored_events:
             return []
         rows = [
             self.construct_pg_stored_event(e.originator_id, e.originator_version, e.topic, e.state)
             for e in stored_events
         ]
+        read = read or {}
+        params = (rows, list(read), list(read.values()))
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             assert conn.autocommit
-            curs.execute(self.append_statement, (rows,), prepare=True)
-            return [row[self.append_function_name] for row in curs.fetchall()]
+            try:
+                curs.execute(self.append_statement, params, prepare=True)
+            except Error as exc:
+                if exc.sqlstate == READ_CHANGED:
+                    raise ReadChanged([str(i) for i in read]) from None
+                raise
+            return [row[self.checked_function_name] for row in curs.fetchall()]
