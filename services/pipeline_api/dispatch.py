@@ -5,16 +5,24 @@ aggregate, which honour ``If-Match``) or ``SendCommand`` (commands that create) 
 the caller as actor and the expected version, run the command through the handlers off
 the event loop, and answer with the new state, its ``position``, ``ETag`` and, for
 what a command created, ``Location``.
+
+The answer is rendered once, straight from the state the domain built (orjson), not
+validated again against the route's response model: the model stays declared for the
+OpenAPI document, and ``tests/e2e/test_command_answers.py`` checks that every command's
+answer is exactly what the model would have made of it.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Annotated, Any
 from uuid import UUID
 
 import anyio.from_thread
-from fastapi import Depends, Response
+import orjson
+from fastapi import Depends, Request, Response
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from libs.application.handlers import handle
@@ -30,16 +38,25 @@ from services.runtime.bootstrap import Runtime
 REPORT_NAMES = frozenset(REPORTS)
 
 
+class CommandAnswer(Response):
+    """A command's answer as JSON, rendered by orjson from the state as the domain built it."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
 class Sender:
     """Runs one request's commands as its principal and shapes their answers."""
 
     def __init__(
-        self, runtime: Runtime, actor: Actor, expected_version: int | None, response: Response
+        self, runtime: Runtime, actor: Actor, expected_version: int | None, request: Request
     ) -> None:
         self.runtime = runtime
         self.actor = actor
         self.expected_version = expected_version
-        self.response = response
+        self.request = request
 
     def _open_deals(self, pipeline_id: UUID, stage_id: str, at_least: int) -> Sequence[str]:
         # Called by a handler in a worker thread; the read model is read on the loop, on
@@ -54,8 +71,9 @@ class Sender:
         *,
         location: str | None = None,
         **fields: Any,
-    ) -> dict[str, Any]:
-        """Run ``command_type(**fields)``; ``location``: where what it creates is read."""
+    ) -> Response:
+        """Run ``command_type(**fields)``; ``location``: where what it creates is read.
+        The answer has the route's status (``status_code``, else 200)."""
         if issubclass(command_type, Change):
             fields["expected_version"] = self.expected_version
         command = command_type(actor=self.actor, **fields)
@@ -67,10 +85,29 @@ class Sender:
                 report_names=REPORT_NAMES,
             )
         )
+        headers = {"ETag": f'"{result.version}"'}
         if result.created and location is not None:
-            self.response.headers["Location"] = f"{location}/{result.id}"
-        self.response.headers["ETag"] = f'"{result.version}"'
-        return {**result.state, "position": result.position}
+            headers["Location"] = f"{location}/{result.id}"
+        route = self.request.scope.get("route")
+        answer = {**result.state, "position": result.position}
+        for name, default in _defaults(getattr(route, "response_model", None)):
+            answer.setdefault(name, default)
+        return CommandAnswer(
+            answer, status_code=getattr(route, "status_code", None) or 200, headers=headers
+        )
+
+
+@functools.cache
+def _defaults(model: Any) -> tuple[tuple[str, Any], ...]:
+    """The fields of a response model that an answer may leave out, with their value then
+    (e.g. a pipeline's ``moved_deals``, only given by a stage's removal)."""
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return ()
+    return tuple(
+        (name, field.get_default(call_default_factory=True))
+        for name, field in model.model_fields.items()
+        if not field.is_required()
+    )
 
 
 # What the domain may refuse: 403 (role), 404 (the aggregate), 409 (its state, or a race
@@ -80,16 +117,16 @@ async def change_sender(
     runtime: ReachableRuntime,
     principal: CurrentPrincipal,
     version: ExpectedVersion,
-    response: Response,
+    request: Request,
 ) -> Sender:
-    return Sender(runtime, principal, version, response)
+    return Sender(runtime, principal, version, request)
 
 
 @raises(403, 409, 422)
 async def command_sender(
-    runtime: ReachableRuntime, principal: CurrentPrincipal, response: Response
+    runtime: ReachableRuntime, principal: CurrentPrincipal, request: Request
 ) -> Sender:
-    return Sender(runtime, principal, None, response)
+    return Sender(runtime, principal, None, request)
 
 
 SendChange = Annotated[Sender, Depends(change_sender)]

@@ -4,10 +4,9 @@ names the deal's version)."""
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import UUID
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Response, status
 
 from libs.domain.commands import (
     CancelActivity,
@@ -38,9 +37,7 @@ ACTIVITY = "/{deal_id}/activities/{activity_id}"
     response_model=ActivityCommandResponse,
     dependencies=[IdempotencyKey],
 )
-async def schedule_activity(
-    deal_id: UUID, body: ActivityCreate, send: SendChange
-) -> dict[str, Any]:
+async def schedule_activity(deal_id: UUID, body: ActivityCreate, send: SendChange) -> Response:
     """Plan a call, meeting, email, task or deadline on an open deal (assigned to its owner
     unless `assignee`; reps only on their own deals and only for themselves)."""
     return await send(
@@ -54,7 +51,7 @@ async def schedule_activity(
 @router.patch(ACTIVITY, response_model=ActivityCommandResponse, dependencies=[IdempotencyKey])
 async def update_activity(
     deal_id: UUID, activity_id: UUID, body: ActivityPatch, send: SendChange
-) -> dict[str, Any]:
+) -> Response:
     """Reschedule, reassign or edit an open activity; fields left out stay as they are."""
     fields = body.changed_fields()
     return await send(
@@ -71,7 +68,7 @@ async def update_activity(
 )
 async def complete_activity(
     deal_id: UUID, activity_id: UUID, send: SendChange, body: ActivityComplete | None = None
-) -> dict[str, Any]:
+) -> Response:
     """Mark an open activity done, with an optional `outcome`."""
     fields = body.model_dump() if body else {}
     return await send(CompleteActivity, deal_id=deal_id, activity_id=activity_id, **fields)
@@ -82,7 +79,7 @@ async def complete_activity(
 )
 async def cancel_activity(
     deal_id: UUID, activity_id: UUID, send: SendChange, body: ActivityCancel | None = None
-) -> dict[str, Any]:
+) -> Response:
     """Cancel an open activity, with an optional `reason`."""
     fields = body.model_dump() if body else {}
     return await send(CancelActivity, deal_id=deal_id, activity_id=activity_id, **fields)
@@ -91,7 +88,7 @@ async def cancel_activity(
 @router.post(
     "/{deal_id}/checklist/waive", response_model=ChecklistWaived, dependencies=[IdempotencyKey]
 )
-async def waive_checklist(deal_id: UUID, body: ChecklistWaive, send: SendChange) -> dict[str, Any]:
+async def waive_checklist(deal_id: UUID, body: ChecklistWaive, send: SendChange) -> Response:
     """Waive the open checklist items of the deal's current stage (admins and managers),
     with a reason: they are cancelled as waived, and the deal may leave the stage."""
     return await send(WaiveChecklist, deal_id=deal_id, **body.model_dump())

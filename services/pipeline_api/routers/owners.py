@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
 from libs.domain.commands import AssignTeam
@@ -18,12 +18,12 @@ from services.queries.owners import owners_now
 router = APIRouter(prefix="/v1/owners", tags=["owners"])
 
 
-@router.put("/{owner}", dependencies=[IdempotencyKey])
+@router.put("/{owner}", response_model=dict[str, Any], dependencies=[IdempotencyKey])
 async def set_owner_team(
     owner: str,
     body: OwnerTeam,
     send: SendCommand,
-) -> dict[str, Any]:
+) -> Response:
     """Set an owner's team and region from `occurred_at` on (admins only)."""
     return await send(AssignTeam, owner=owner, **body.model_dump())
 

@@ -64,7 +64,7 @@ def _change(
     response_model=PipelinePublic,
     dependencies=[IdempotencyKey],
 )
-async def create_pipeline(body: PipelineCreate, send: SendCommand) -> dict[str, Any]:
+async def create_pipeline(body: PipelineCreate, send: SendCommand) -> Response:
     """Define a pipeline (admins and managers)."""
     fields = body.model_dump(exclude={"stages"})
     if body.stages is not None:
@@ -128,9 +128,7 @@ def _given(body: Any) -> dict[str, Any]:
 
 
 @_change("PATCH", "/{pipeline_id}")
-async def change_pipeline(
-    pipeline_id: UUID, body: PipelinePatch, send: SendChange
-) -> dict[str, Any]:
+async def change_pipeline(pipeline_id: UUID, body: PipelinePatch, send: SendChange) -> Response:
     """Rename the pipeline or change its rules (skipping stages, moving back, staleness, a
     stage's checklist done before leaving it)."""
     fields = _given(body)
@@ -140,7 +138,7 @@ async def change_pipeline(
 
 
 @_change("POST", "/{pipeline_id}/stages", status_code=status.HTTP_201_CREATED)
-async def add_stage(pipeline_id: UUID, body: StageCreate, send: SendChange) -> dict[str, Any]:
+async def add_stage(pipeline_id: UUID, body: StageCreate, send: SendChange) -> Response:
     """Add a stage at a position (0 is first; default last)."""
     fields = body.model_dump(exclude={"id"})
     return await send(AddStage, pipeline_id=pipeline_id, stage_id=body.id, **fields)
@@ -149,7 +147,7 @@ async def add_stage(pipeline_id: UUID, body: StageCreate, send: SendChange) -> d
 @_change("PATCH", "/{pipeline_id}/stages/{stage_id}")
 async def change_stage(
     pipeline_id: UUID, stage_id: str, body: StagePatch, send: SendChange
-) -> dict[str, Any]:
+) -> Response:
     """Rename a stage, or change its win probability, rotting threshold, requirements or
     checklist (deals that enter it afterwards get the new checklist)."""
     fields = {"occurred_at": body.occurred_at, **_given(body)}
@@ -157,21 +155,19 @@ async def change_stage(
 
 
 @_change("PUT", "/{pipeline_id}/stage-order")
-async def reorder_stages(pipeline_id: UUID, body: StageOrder, send: SendChange) -> dict[str, Any]:
+async def reorder_stages(pipeline_id: UUID, body: StageOrder, send: SendChange) -> Response:
     """Put the stages in a new order (list every current stage id once)."""
     return await send(ReorderStages, pipeline_id=pipeline_id, **body.model_dump())
 
 
 @_change("POST", "/{pipeline_id}/lost-reasons", status_code=status.HTTP_201_CREATED)
-async def add_lost_reason(
-    pipeline_id: UUID, body: LostReasonIn, send: SendChange
-) -> dict[str, Any]:
+async def add_lost_reason(pipeline_id: UUID, body: LostReasonIn, send: SendChange) -> Response:
     """Add a lost reason (or bring a retired one back)."""
     return await send(AddLostReason, pipeline_id=pipeline_id, **body.model_dump())
 
 
 @_change("DELETE", "/{pipeline_id}/lost-reasons/{reason}")
-async def retire_lost_reason(pipeline_id: UUID, reason: str, send: SendChange) -> dict[str, Any]:
+async def retire_lost_reason(pipeline_id: UUID, reason: str, send: SendChange) -> Response:
     """Retire a lost reason: no new losses may choose it; past losses keep it."""
     return await send(RetireLostReason, pipeline_id=pipeline_id, reason=reason)
 
@@ -184,7 +180,7 @@ async def remove_stage(
     move_open_deals_to: Annotated[
         str | None, Query(description="Stage (id or name) that receives the open deals")
     ] = None,
-) -> dict[str, Any]:
+) -> Response:
     """Remove a stage. With open deals in it, name `move_open_deals_to`; otherwise 409.
 
     Each moved deal gets a `StageAdvanced` event whose `cause` names this change; the
