@@ -136,6 +136,18 @@ class DealtrailApplication(Application[UUID]):
         self._pipelines[key] = pipeline
         return pipeline
 
+    def check_read_pipeline(self, pipeline: Pipeline) -> None:
+        """After a rule refused a command decided on ``pipeline`` (from
+        :meth:`read_pipeline`): raise ReadChanged when the stored pipeline is newer (the
+        refusal may come from the old copy; the command is decided again), else return."""
+        if not self._checks_reads or self._pipelines.get(pipeline.id) is not pipeline:
+            return
+        fresh = self.get_pipeline(pipeline.id)
+        if fresh.version == pipeline.version:
+            return
+        self._pipelines[pipeline.id] = fresh
+        raise ReadChanged([str(pipeline.id)])
+
     def pipeline_ids(self) -> list[UUID]:
         """Ids of every pipeline, oldest first (pipelines are few; deals are not)."""
         return [i for i, _ in self._created(Pipeline.PipelineDefined)]  # type: ignore[attr-defined]

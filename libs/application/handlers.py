@@ -15,6 +15,7 @@ read side.
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -188,8 +189,8 @@ def _retrying(
     An attempt decided on a read aggregate that has changed since (a cached pipeline) is
     run again on a fresh copy, If-Match or not: the aggregate it changes did not move."""
     for n in range(1, MAX_ATTEMPTS + 1):
-        aggregates, read, finish = attempt()
         try:
+            aggregates, read, finish = attempt()
             position = run.store(*aggregates, read=read)
         except ReadChanged:
             if n == MAX_ATTEMPTS:
@@ -437,6 +438,32 @@ def sweep_stranded_deals(run: Run, removed: DomainEventProtocol[UUID]) -> None:
 # --- deals ----------------------------------------------------------------------------
 
 
+def _deciding_on(run: Run, pipeline: Pipeline, decide: Callable[[], R]) -> R:
+    """``decide()`` on a pipeline from ``read_pipeline``; a rule's refusal is given only
+    if the stored pipeline is still that one (else ReadChanged: decide again)."""
+    try:
+        return decide()
+    except DomainError:
+        run.application.check_read_pipeline(pipeline)
+        raise
+
+
+def _new_deal(run: Run, c: CreateDeal, owner: Any, pipeline: Pipeline) -> Deal:
+    return Deal.create(
+        pipeline=pipeline,
+        title=c.title,
+        value=c.value,
+        owner=owner,
+        stage=c.stage,
+        expected_close_date=c.expected_close_date,
+        external_id=c.external_id,
+        account=c.account,
+        product=c.product,
+        note=c.note,
+        **_stamp(run, c),
+    )
+
+
 def create_deal(run: Run, c: CreateDeal) -> CommandResult:
     actor = c.actor
     owner = actor.name if c.owner is None else c.owner
@@ -445,20 +472,10 @@ def create_deal(run: Run, c: CreateDeal) -> CommandResult:
     actor.check_may_assign(owner if isinstance(owner, str) else "")
     for attempt in range(1, MAX_ATTEMPTS + 1):
         pipeline = run.application.read_pipeline(c.pipeline_id)
-        deal = Deal.create(
-            pipeline=pipeline,
-            title=c.title,
-            value=c.value,
-            owner=owner,
-            stage=c.stage,
-            expected_close_date=c.expected_close_date,
-            external_id=c.external_id,
-            account=c.account,
-            product=c.product,
-            note=c.note,
-            **_stamp(run, c),
-        )
         try:
+            deal = _deciding_on(
+                run, pipeline, functools.partial(_new_deal, run, c, owner, pipeline)
+            )
             position = run.store(deal, read=[pipeline])
         except ReadChanged:
             if attempt == MAX_ATTEMPTS:
@@ -505,7 +522,7 @@ def _on_deal(
         _check_version(deal, c.expected_version, "deal")
         pipeline = app.read_pipeline(deal.pipeline_id)
         stamp = _stamp(run, c)
-        outcome = change(deal, pipeline, stamp)
+        outcome = _deciding_on(run, pipeline, lambda: change(deal, pipeline, stamp))
         read = [pipeline]
         if deal.pipeline_id != pipeline.id:  # moved: show it in its new pipeline
             pipeline = app.get_pipeline(deal.pipeline_id)
