@@ -51,12 +51,18 @@ class Sender:
     """Runs one request's commands as its principal and shapes their answers."""
 
     def __init__(
-        self, runtime: Runtime, actor: Actor, expected_version: int | None, request: Request
+        self,
+        runtime: Runtime,
+        actor: Actor,
+        expected_version: int | None,
+        request: Request,
+        response: Response,
     ) -> None:
         self.runtime = runtime
         self.actor = actor
         self.expected_version = expected_version
         self.request = request
+        self.response = response
 
     def _open_deals(self, pipeline_id: UUID, stage_id: str, at_least: int) -> Sequence[str]:
         # Called by a handler in a worker thread; the read model is read on the loop, on
@@ -64,16 +70,9 @@ class Sender:
         models = self.runtime.primary_reads
         return anyio.from_thread.run(open_deals_in_stage, models, pipeline_id, stage_id, at_least)
 
-    async def __call__(
-        self,
-        command_type: type[Command[CommandResult]],
-        /,
-        *,
-        location: str | None = None,
-        **fields: Any,
-    ) -> Response:
-        """Run ``command_type(**fields)``; ``location``: where what it creates is read.
-        The answer has the route's status (``status_code``, else 200)."""
+    async def _run(
+        self, command_type: type[Command[CommandResult]], location: str | None, fields: Any
+    ) -> tuple[CommandResult, dict[str, str]]:
         if issubclass(command_type, Change):
             fields["expected_version"] = self.expected_version
         command = command_type(actor=self.actor, **fields)
@@ -88,6 +87,19 @@ class Sender:
         headers = {"ETag": f'"{result.version}"'}
         if result.created and location is not None:
             headers["Location"] = f"{location}/{result.id}"
+        return result, headers
+
+    async def __call__(
+        self,
+        command_type: type[Command[CommandResult]],
+        /,
+        *,
+        location: str | None = None,
+        **fields: Any,
+    ) -> Response:
+        """Run ``command_type(**fields)``; ``location``: where what it creates is read.
+        The answer, rendered once, has the route's status (``status_code``, else 200)."""
+        result, headers = await self._run(command_type, location, fields)
         route = self.request.scope.get("route")
         answer = {**result.state, "position": result.position}
         for name, default in _defaults(getattr(route, "response_model", None)):
@@ -95,6 +107,20 @@ class Sender:
         return CommandAnswer(
             answer, status_code=getattr(route, "status_code", None) or 200, headers=headers
         )
+
+    async def state(
+        self,
+        command_type: type[Command[CommandResult]],
+        /,
+        *,
+        location: str | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """The same, for a route that adds to the answer: the new state and its position
+        (the headers go on the route's response; the route's model renders the answer)."""
+        result, headers = await self._run(command_type, location, fields)
+        self.response.headers.update(headers)
+        return {**result.state, "position": result.position}
 
 
 @functools.cache
@@ -118,15 +144,16 @@ async def change_sender(
     principal: CurrentPrincipal,
     version: ExpectedVersion,
     request: Request,
+    response: Response,
 ) -> Sender:
-    return Sender(runtime, principal, version, request)
+    return Sender(runtime, principal, version, request, response)
 
 
 @raises(403, 409, 422)
 async def command_sender(
-    runtime: ReachableRuntime, principal: CurrentPrincipal, request: Request
+    runtime: ReachableRuntime, principal: CurrentPrincipal, request: Request, response: Response
 ) -> Sender:
-    return Sender(runtime, principal, None, request)
+    return Sender(runtime, principal, None, request, response)
 
 
 SendChange = Annotated[Sender, Depends(change_sender)]

@@ -55,7 +55,7 @@ async def create_automation(
     body: AutomationCreate, send: SendCommand, models: ReadModelsDep
 ) -> dict[str, Any]:
     """Define a rule on a pipeline (admins and managers)."""
-    state = await send(CreateAutomation, location=router.prefix, **body.model_dump())
+    state = await send.state(CreateAutomation, location=router.prefix, **body.model_dump())
     return await _answer(models, state)
 
 
@@ -102,7 +102,7 @@ async def change_automation(
 ) -> dict[str, Any]:
     """Change a rule's name, description, trigger or actions (a new trigger restarts a
     schedule's count from now)."""
-    state = await send(ChangeAutomation, automation_id=automation_id, **body.changed_fields())
+    state = await send.state(ChangeAutomation, automation_id=automation_id, **body.changed_fields())
     return await _answer(models, state)
 
 
@@ -113,7 +113,7 @@ async def pause_automation(
     automation_id: UUID, send: SendChange, models: ReadModelsDep
 ) -> dict[str, Any]:
     """Stop a rule from firing until it is resumed."""
-    return await _answer(models, await send(PauseAutomation, automation_id=automation_id))
+    return await _answer(models, await send.state(PauseAutomation, automation_id=automation_id))
 
 
 @router.post(
@@ -123,7 +123,7 @@ async def resume_automation(
     automation_id: UUID, send: SendChange, models: ReadModelsDep
 ) -> dict[str, Any]:
     """Let a paused rule fire again; a schedule does not catch up on what it missed."""
-    return await _answer(models, await send(ResumeAutomation, automation_id=automation_id))
+    return await _answer(models, await send.state(ResumeAutomation, automation_id=automation_id))
 
 
 @router.delete(
@@ -131,7 +131,7 @@ async def resume_automation(
 )
 async def delete_automation(automation_id: UUID, send: SendChange) -> None:
     """Delete a rule: it never fires again; its firings stay in the log."""
-    await send(DeleteAutomation, automation_id=automation_id)
+    await send.state(DeleteAutomation, automation_id=automation_id)
 
 
 @router.get("/{automation_id}/firings", response_model=FiringsPage)

@@ -84,7 +84,7 @@ async def create_webhook(
     # The secret first: delivery never finds a webhook without one.
     await store.put_secret(runtime.engine, str(webhook_id), secret, runtime.clock())
     try:
-        answer = await send(
+        answer = await send.state(
             CreateWebhook,
             location=router.prefix,
             webhook_id=webhook_id,
@@ -128,7 +128,7 @@ async def update_webhook(
     send: SendChange,
     admin: WebhookAdmin,
     runtime: ReachableRuntime,
-) -> dict[str, Any]:
+) -> Response:
     """Change the url, event types, pipeline or description; fields left out stay."""
     fields = body.changed_fields()
     if "url" in fields:
@@ -145,7 +145,7 @@ async def delete_webhook(
     webhook_id: UUID, send: SendChange, admin: WebhookAdmin, runtime: ReachableRuntime
 ) -> Response:
     """Remove a webhook for good (its secret too)."""
-    await send(DeleteWebhook, webhook_id=webhook_id)
+    await send.state(DeleteWebhook, webhook_id=webhook_id)
     await store.forget_secret(runtime.engine, str(webhook_id))
     _poke(runtime)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -160,14 +160,14 @@ async def rotate_webhook_secret(
     await run_in_threadpool(runtime.application.get_webhook, webhook_id)  # 404 first
     secret = new_secret()
     await store.put_secret(runtime.engine, str(webhook_id), secret, runtime.clock())
-    answer = await send(RotateWebhookSecret, webhook_id=webhook_id)
+    answer = await send.state(RotateWebhookSecret, webhook_id=webhook_id)
     return {**answer, "secret": secret}
 
 
 @router.post(f"{WEBHOOK}/pause", response_model=WebhookCommandResponse)
 async def pause_webhook(
     webhook_id: UUID, send: SendChange, admin: WebhookAdmin, runtime: ReachableRuntime
-) -> dict[str, Any]:
+) -> Response:
     """Stop deliveries until resumed (reason `manual`)."""
     answer = await send(PauseWebhook, webhook_id=webhook_id, reason="manual")
     _poke(runtime)
@@ -177,7 +177,7 @@ async def pause_webhook(
 @router.post(f"{WEBHOOK}/resume", response_model=WebhookCommandResponse)
 async def resume_webhook(
     webhook_id: UUID, send: SendChange, admin: WebhookAdmin, runtime: ReachableRuntime
-) -> dict[str, Any]:
+) -> Response:
     """Deliver again, starting with the event it stopped at, its attempts counted afresh."""
     answer = await send(ResumeWebhook, webhook_id=webhook_id)
     await store.restart_at(runtime.engine, str(webhook_id), None)
