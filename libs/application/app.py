@@ -179,6 +179,17 @@ class DealtrailApplication(Application[UUID]):
         """(id, position of its creation) of every rule ever created, oldest first."""
         return self._created(AutomationRule.AutomationCreated)  # type: ignore[attr-defined]
 
+    def automations(self) -> list[tuple[AutomationRule, int]]:
+        """(rule, position of its creation) of every rule that exists (not deleted),
+        oldest first."""
+        found = []
+        for rule_id, position in self.automation_ids():
+            try:
+                found.append((self.get_automation(rule_id), position))
+            except NotFound:
+                continue
+        return found
+
     def has_aggregate(self, aggregate_id: UUID) -> bool:
         """Whether any event of this aggregate is stored (one indexed look-up)."""
         return bool(self.recorder.select_events(aggregate_id, limit=1))

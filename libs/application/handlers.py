@@ -35,6 +35,7 @@ from libs.application.app import DealtrailApplication
 from libs.application.failures import ReadChanged
 from libs.domain.actors import Actor, Role
 from libs.domain.automation import (
+    MAX_RULES,
     TIME_TRIGGERS,
     AutomationFiring,
     AutomationRule,
@@ -762,8 +763,18 @@ def _pipeline_of_rule(app: DealtrailApplication, pipeline_id: UUID | str) -> Pip
         raise InvalidInput(exc.message, field="pipeline_id") from None
 
 
+def _check_digest_webhooks(app: DealtrailApplication, actions: Sequence[dict[str, Any]]) -> None:
+    """Each digest goes to a webhook that exists (not deleted)."""
+    for i, action in enumerate(actions):
+        if action["type"] == "digest":
+            try:
+                app.get_webhook(action["webhook_id"])
+            except NotFound as exc:
+                raise InvalidInput(exc.message, field=f"actions[{i}].webhook_id") from None
+
+
 def create_automation(run: Run, c: CreateAutomation) -> CommandResult:
-    """Define a rule on a pipeline (admins and managers)."""
+    """Define a rule on a pipeline (admins and managers), at most ``MAX_RULES`` at once."""
     c.actor.check_may_manage_automations()
     pipeline = _pipeline_of_rule(run.application, c.pipeline_id)
     rule = AutomationRule.create(
@@ -775,6 +786,12 @@ def create_automation(run: Run, c: CreateAutomation) -> CommandResult:
         report_names=run.report_names,
         **_stamp(run, c),
     )
+    _check_digest_webhooks(run.application, rule.actions)
+    if len(run.application.automations()) >= MAX_RULES:
+        raise RuleViolation(
+            f"there are {MAX_RULES} automation rules already; delete one first",
+            details={"limit": MAX_RULES},
+        )
     position = run.store(rule)
     return CommandResult(rule.id, rule.version, position, rule.as_dict(), True)
 
@@ -804,6 +821,8 @@ def change_automation(run: Run, c: ChangeAutomation) -> CommandResult:
     def change(rule: AutomationRule, stamp: Stamp) -> None:
         pipeline = run.application.get_pipeline(rule.pipeline_id)
         rule.change(pipeline=pipeline, changes=changes, report_names=run.report_names, **stamp)
+        if "actions" in changes:
+            _check_digest_webhooks(run.application, rule.actions)
 
     return _on_automation(run, c, change)
 

@@ -42,6 +42,7 @@ DEAL_ACTIONS: Final = frozenset({"create_activity", "reassign"})
 ACTIVITY_TYPES: Final = ("call", "meeting", "email", "task", "deadline")
 
 MAX_ACTIONS: Final = 10  # actions per rule
+MAX_RULES: Final = 200  # rules that exist (not deleted) at once, in all pipelines
 MAX_DAYS: Final = 3650  # a rotting rule's days, an activity's due_in_days
 MAX_CRON_LENGTH: Final = 100
 DIGEST_PARAMS: Final = ("pipeline_id", "from", "to", "owner", "team")

@@ -45,7 +45,6 @@ from libs.domain.automation import (
 )
 from libs.domain.commands import FireAutomation, FiringResult
 from libs.domain.deal import Deal
-from libs.domain.errors import NotFound
 from libs.domain.events import CLOSES, ENTERS_STAGE, EventType
 from libs.domain.times import parse_moment
 from services.projections.read_models import ReadModels
@@ -182,15 +181,9 @@ class Evaluator:
         return self.fired - before
 
     def _active_rules(self) -> list[Rule]:
-        rules = []
-        for rule_id, position in self.application.automation_ids():
-            try:
-                rule = self.application.get_automation(rule_id)
-            except NotFound:
-                continue
-            if rule.fires:
-                rules.append(Rule(rule, position))
-        return rules
+        return [
+            Rule(rule, position) for rule, position in self.application.automations() if rule.fires
+        ]
 
     async def _fire(
         self,

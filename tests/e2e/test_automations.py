@@ -20,6 +20,8 @@ from services.automation.evaluator import Evaluator
 from services.runtime.bootstrap import Runtime
 from tests.conftest import Backend, TestClock, auth, client_for
 from tests.e2e.test_deal_lifecycle import create_deal, define_pipeline, head
+from tests.e2e.test_webhooks import subscribe
+from tests.receiver import Receiver
 
 CALL = {
     "type": "create_activity",
@@ -35,7 +37,12 @@ async def api(
     backend: Backend, tmp_path: Path, clock: TestClock
 ) -> AsyncIterator[httpx.AsyncClient]:
     # The background evaluator waits an hour before it first looks; the tests evaluate.
-    settings = backend.settings(tmp_path / "data", DEALTRAIL_AUTOMATION_INTERVAL_SECONDS=3600)
+    # A digest names a webhook: one at a local address nothing listens on.
+    settings = backend.settings(
+        tmp_path / "data",
+        DEALTRAIL_AUTOMATION_INTERVAL_SECONDS=3600,
+        DEALTRAIL_WEBHOOK_ALLOW_PRIVATE=True,
+    )
     async with client_for(settings, clock) as client:
         yield client
 
@@ -193,7 +200,7 @@ async def test_a_schedule_fires_once_per_occurrence_in_its_time_zone(
 ) -> None:
     pipeline = await define_pipeline(api)
     await create_deal(api, pipeline["id"])
-    webhook_id = str(uuid.uuid4())
+    webhook_id = (await subscribe(api, Receiver().url))["id"]
     r = await create_rule(
         api,
         pipeline_id=pipeline["id"],
@@ -317,6 +324,11 @@ async def test_rules_fire_only_for_events_after_they_were_made(
             {"type": "schedule", "cron": "0 8 * * MON", "timezone": "UTC"},
             [{"type": "digest", "report": "nonsense", "webhook_id": str(uuid.uuid4())}],
             "actions[0].report",
+        ),
+        (
+            {"type": "schedule", "cron": "0 8 * * MON", "timezone": "UTC"},
+            [{"type": "digest", "report": "funnel", "webhook_id": str(uuid.uuid4())}],
+            "actions[0].webhook_id",
         ),
         (
             {"type": "won"},
