@@ -219,7 +219,7 @@ SSE_REFUSED = Counter(
 )
 
 # --- automation -------------------------------------------------------------------------------
-# One sample per occurrence the evaluator tried to fire, by rule id (rules are bounded,
+# One sample per occurrence the evaluator tried to fire, by rule id (at most `MAX_RULES` rules,
 # see the README's "Limits") and outcome: ``ok``, ``action_failed`` (recorded, an action
 # refused), ``already_fired`` (an earlier run or another evaluator recorded it) and
 # ``skipped`` (the rule no longer fires, or the deal is no longer in that occurrence).
