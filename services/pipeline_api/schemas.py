@@ -924,7 +924,8 @@ TRIGGER_DESCRIPTION = (
 ACTIONS_DESCRIPTION = (
     "1 to 10 actions, each by `type`: `create_activity` (`activity_type`, `subject`, "
     "`due_in_days`, `assignee`: null for the deal's owner), `notify`, `reassign` "
-    "(`owner`), `digest` (`report`, `params`, `webhook_id` of a webhook that exists; schedule triggers only)"
+    "(`owner`), `digest` (`report`, `params`, `webhook_id` of a webhook that exists; "
+    "schedule triggers only)"
 )
 EXAMPLE_AUTOMATION: dict[str, Any] = {
     "name": "Negotiation stuck two weeks",
