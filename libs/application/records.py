@@ -204,13 +204,36 @@ def decode(
     An event stored at a version this release does not know raises
     :class:`~libs.domain.upcasting.NewerEventVersion` (a projection parks it).
     """
-    state_bytes = notification.state
+    return decode_stored(
+        mapper,
+        notification.id,
+        notification.originator_id,
+        notification.originator_version,
+        notification.topic,
+        notification.state,
+        as_stored=as_stored,
+    )
+
+
+def decode_stored(
+    mapper: Mapper[Any],
+    position: int,
+    originator_id: Any,
+    originator_version: int,
+    topic: str,
+    state: bytes,
+    *,
+    as_stored: bool = False,
+) -> EventRecord:
+    """:func:`decode` of a stored event given as its columns (as a driver returns them,
+    without a notification object in between)."""
+    state_bytes = state
     if mapper.cipher:
         state_bytes = mapper.cipher.decrypt(state_bytes)
     if mapper.compressor:
         state_bytes = mapper.compressor.decompress(state_bytes)
     payload = _state_of(mapper, state_bytes)  # a fresh dict: the envelope is taken out
-    aggregate_type, event_type = _topic_names(notification.topic)
+    aggregate_type, event_type = _topic_names(topic)
     if as_stored:
         class_version = payload.pop(CLASS_VERSION, 1)
     else:
@@ -220,14 +243,13 @@ def decode(
     recorded_at = payload.pop("timestamp", None)
     actor = payload.pop("actor", None)
     payload.pop("originator_topic", None)
-    originator_id = notification.originator_id
     aggregate_id = originator_id if type(originator_id) is UUID else UUID(str(originator_id))
     return EventRecord(
-        notification.id,
+        position,
         aggregate_id,
         aggregate_type,
         event_type,
-        notification.originator_version,
+        originator_version,
         actor if isinstance(actor, str) else None,
         occurred_at if isinstance(occurred_at, datetime) else None,
         recorded_at if isinstance(recorded_at, datetime) else None,
@@ -235,6 +257,11 @@ def decode(
         str(aggregate_id),
         class_version,
     )
+
+
+def event_type_of(topic: str) -> str:
+    """The event type a stored topic names (cached: a log has few distinct topics)."""
+    return _topic_names(topic)[1]
 
 
 def decode_all(mapper: Mapper[Any], notifications: Iterable[Notification]) -> list[EventRecord]:

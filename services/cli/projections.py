@@ -11,7 +11,7 @@ from typing import Any
 
 from libs.application.app import utc_now
 from libs.application.sql import setup_lock
-from services.cli.arguments import SubCommands
+from services.cli.arguments import SubCommands, positive_int
 from services.feeds.webhooks.store import create_webhook_tables
 from services.progress import Progress
 from services.projections.base import create_state_table
@@ -25,8 +25,10 @@ from services.projections.parking import (
     retry_parked,
 )
 from services.projections.rebuild import (
+    PARALLEL_MIN_EVENTS,
     REBUILD_BATCH_SIZE,
     RebuildInProgress,
+    Replayed,
     drop_old_generations,
     rebuild,
 )
@@ -120,8 +122,11 @@ async def _status(settings: Settings) -> list[dict[str, Any]]:
         return await projection_status(stores.engine, stores.source)
 
 
-async def _rebuild(settings: Settings, names: list[str], batch_size: int, force: bool) -> int:
+async def _rebuild(
+    settings: Settings, names: list[str], batch_size: int, force: bool, processes: int | None
+) -> int:
     projections = projections_named(names)
+    stats: dict[str, Replayed] = {}
     async with open_stores(settings) as stores:
         label = "rebuild " + ", ".join(p.name for p in projections)
         with Progress(None, label=label, unit="events") as bar:
@@ -132,15 +137,32 @@ async def _rebuild(settings: Settings, names: list[str], batch_size: int, force:
                 progress=bar.advance_to,
                 batch_size=batch_size,
                 force=force,
+                processes=processes,
+                stats=stats,
             )
         async with stores.engine.connect() as conn:
             parked = await parked_counts(conn)
         for name, generation in generations.items():
             print(f"{name}: now serving generation {generation}{_parked_note(name, parked)}")
+        for replayed in stats.values():
+            print(_replayed_note(replayed))
         dropped = await drop_old_generations(stores.engine, projections)
         if dropped:
             print(f"dropped the previous tables: {', '.join(dropped)}")
     return 0
+
+
+def _replayed_note(replayed: Replayed) -> str:
+    shared = (
+        f", together with {', '.join(n for n in replayed.together if n != replayed.name)}"
+        if len(replayed.together) > 1
+        else ""
+    )
+    return (
+        f"{replayed.name}: replayed {replayed.events:,} events in {replayed.seconds:.1f} s "
+        f"({replayed.events_per_second:,.0f} events/s, {replayed.cpu_seconds:.1f} s of CPU "
+        f"in process {replayed.pid}{shared})"
+    )
 
 
 def _parked_note(name: str, parked: dict[str, int]) -> str:
@@ -269,7 +291,7 @@ def _cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
         print(problem, file=sys.stderr)
         return 2
     try:
-        return asyncio.run(_rebuild(settings, names, args.batch_size, args.force))
+        return asyncio.run(_rebuild(settings, names, args.batch_size, args.force, args.processes))
     except RebuildInProgress as exc:
         print(f"dealtrail: {exc}", file=sys.stderr)
         return 1
@@ -318,4 +340,11 @@ def register(commands: SubCommands) -> None:
     rb.add_argument("--all", action="store_true", help="rebuild every projection in one pass")
     rb.add_argument("--batch-size", type=int, default=REBUILD_BATCH_SIZE)
     rb.add_argument("--force", action="store_true", help="take over from a rebuild that died")
+    rb.add_argument(
+        "--processes",
+        type=positive_int,
+        default=None,
+        help="PostgreSQL: processes that replay side by side, each reading the log "
+        f"(default one per projection; logs under {PARALLEL_MIN_EVENTS:,} events use one)",
+    )
     rb.set_defaults(handler=_cmd_rebuild)

@@ -156,12 +156,19 @@ class Projection(ABC):
         return [t.name for t in self.tables(generation).values()]
 
     async def create_tables(
-        self, conn: AsyncConnection, generation: int, *, indexes: bool = True
+        self,
+        conn: AsyncConnection,
+        generation: int,
+        *,
+        indexes: bool = True,
+        unlogged: bool = False,
     ) -> None:
         """Create the generation's tables; without ``indexes``, only their primary keys.
 
         A rebuild fills its tables without secondary indexes (every row written would
         update each of them) and builds them once at the end, see :meth:`create_indexes`.
+        ``unlogged`` (PostgreSQL): tables the server writes no WAL for while a rebuild
+        fills them; :meth:`set_logged` makes them ordinary tables before they serve.
         """
         tables = list(self.tables(generation).values())
         if indexes:
@@ -169,7 +176,19 @@ class Projection(ABC):
             await conn.run_sync(lambda sync: metadata.create_all(sync, tables=tables))
             return
         for table in tables:
-            await conn.execute(CreateTable(table, if_not_exists=True))
+            ddl = CreateTable(table, if_not_exists=True)
+            if unlogged and conn.dialect.name == "postgresql":
+                sql = str(ddl.compile(dialect=conn.dialect))
+                await conn.execute(text(sql.replace("CREATE TABLE", "CREATE UNLOGGED TABLE", 1)))
+            else:
+                await conn.execute(ddl)
+
+    async def set_logged(self, conn: AsyncConnection, generation: int) -> None:
+        """Make the generation's unlogged tables ordinary, crash-safe ones (PostgreSQL)."""
+        if conn.dialect.name != "postgresql":
+            return
+        for name in self.table_names(generation):
+            await conn.execute(text(f'ALTER TABLE "{name}" SET LOGGED'))
 
     async def create_indexes(self, conn: AsyncConnection, generation: int) -> None:
         """Create the secondary indexes of the generation's tables that are missing."""

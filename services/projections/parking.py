@@ -50,7 +50,12 @@ class OutdatedTables(RuntimeError):
 
 def reads(projection: Projection, record: EventRecord) -> bool:
     """Whether the projection uses events of the record's type."""
-    return record.event_type in projection.handles or getattr(projection, "records_unknown", False)
+    return reads_type(projection, record.event_type)
+
+
+def reads_type(projection: Projection, event_type: str) -> bool:
+    """Whether the projection uses events of this type."""
+    return event_type in projection.handles or getattr(projection, "records_unknown", False)
 
 
 @dataclass(frozen=True)

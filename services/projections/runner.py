@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,10 +47,15 @@ LOCK_RETRY_SECONDS = 1.0
 
 
 def unknown_count(projection: Projection, records: Sequence[EventRecord]) -> int:
+    return unknown_types(projection, [r.event_type for r in records])
+
+
+def unknown_types(projection: Projection, event_types: Iterable[str]) -> int:
+    """How many of these events are of a type the projection neither reads nor ignores."""
     if getattr(projection, "records_unknown", False):
         return 0
     known = projection.handles | getattr(projection, "ignores", frozenset())
-    return sum(1 for r in records if r.event_type not in known)
+    return sum(1 for t in event_types if t not in known)
 
 
 async def ensure_projection(engine: AsyncEngine, projection: Projection) -> State:

@@ -7,15 +7,18 @@ that reads its type parks it instead of stopping (see ``parking``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import Notification
+from eventsourcing.persistence import Mapper, Notification
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.application.app import DealtrailApplication
-from libs.application.records import EventRecord, decode, split_topic
+from libs.application.records import EventRecord, decode, decode_stored, event_type_of, split_topic
+from libs.application.store import POSTGRES, StoreLocation
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,14 +33,25 @@ class UndecodableRecord(EventRecord):
 
 
 def undecodable(notification: Notification, error: Exception) -> UndecodableRecord:
-    aggregate_type, event_type = split_topic(notification.topic)
-    originator_id = notification.originator_id
-    return UndecodableRecord(
+    return _undecodable(
         notification.id,
+        notification.originator_id,
+        notification.originator_version,
+        notification.topic,
+        error,
+    )
+
+
+def _undecodable(
+    position: int, originator_id: Any, version: int, topic: str, error: Exception
+) -> UndecodableRecord:
+    aggregate_type, event_type = split_topic(topic)
+    return UndecodableRecord(
+        position,
         originator_id if isinstance(originator_id, UUID) else UUID(int=0),
         aggregate_type,
         event_type,
-        notification.originator_version,
+        version,
         None,
         None,
         None,
@@ -69,6 +83,28 @@ class EventSource:
         return self.application.head_position()
 
     @property
+    def location(self) -> StoreLocation | None:
+        """Where the store is, when it is PostgreSQL (so that another process can read the
+        log directly, see :class:`LogReader`); None otherwise."""
+        env = self.application.env
+        if "postgres" not in (env.get("PERSISTENCE_MODULE") or ""):
+            return None
+        return StoreLocation(
+            backend=POSTGRES,
+            host=env.get("POSTGRES_HOST") or "127.0.0.1",
+            port=int(env.get("POSTGRES_PORT") or 5432),
+            user=env.get("POSTGRES_USER") or "postgres",
+            password=env.get("POSTGRES_PASSWORD") or "",
+            dbname=env.get("POSTGRES_DBNAME") or "",
+            schema=env.get("POSTGRES_SCHEMA") or "",
+        )
+
+    @property
+    def events_table(self) -> str:
+        name: str = getattr(self.application.recorder, "events_table_name", "stored_events")
+        return name
+
+    @property
     def channel(self) -> str | None:
         return getattr(self.application.recorder, "channel_name", None)
 
@@ -79,7 +115,7 @@ class EventSource:
         that is rolled back has used its sequence values). The read side's connection
         reads the store's table directly; the count stops at ``limit`` rows of its index.
         """
-        events_table: str = getattr(self.application.recorder, "events_table_name", "stored_events")
+        events_table = self.events_table
         column = "notification_id" if conn.dialect.name == "postgresql" else "rowid"
         table = conn.dialect.identifier_preparer.quote(events_table)
         query = text(
@@ -88,3 +124,65 @@ class EventSource:
         )
         count = (await conn.execute(query, {"position": position, "limit": limit})).scalar()
         return int(count or 0)
+
+
+@dataclass
+class Batch:
+    """Consecutive events of the log as a replay reads them."""
+
+    records: list[EventRecord]  # the events decoded (those of the types asked for)
+    last: int = 0  # position of the last event read (0: nothing read)
+    count: int = 0  # events read
+    event_types: list[str] = field(default_factory=list)  # the type of every event read
+
+    @classmethod
+    def of(cls, records: list[EventRecord]) -> Batch:
+        """A batch of records decoded in full (every event read is among them)."""
+        last = records[-1].position if records else 0
+        return cls(records, last, len(records), [r.event_type for r in records])
+
+
+class LogReader:
+    """Reads the log of a PostgreSQL store straight through one asyncpg connection.
+
+    Rows come back as the driver's tuples; only the events of the types ``wanted`` says
+    yes to are decoded (each once), the others are only counted, by type. A replay that
+    keeps a few read models needs a fraction of the log decoded, and none of the
+    notification objects the library's recorder would build.
+    """
+
+    def __init__(
+        self, conn: Any, events_table: str, mapper: Mapper[Any], wanted: Callable[[str], bool]
+    ) -> None:
+        self.conn = conn
+        self.mapper = mapper
+        self.wanted = wanted
+        table = '"' + events_table.replace('"', '""') + '"'
+        self.query = (
+            "SELECT notification_id, originator_id, originator_version, topic, state "
+            f"FROM {table} WHERE notification_id > $1 ORDER BY notification_id LIMIT $2"
+        )
+        self._wanted: dict[str, bool] = {}
+
+    async def read(self, after: int, limit: int) -> Batch:
+        rows = await self.conn.fetch(self.query, after, limit)
+        if not rows:
+            return Batch([])
+        records: list[EventRecord] = []
+        types: list[str] = []
+        wanted = self._wanted
+        for position, originator_id, version, topic, state in rows:
+            event_type = event_type_of(topic)
+            types.append(event_type)
+            want = wanted.get(event_type)
+            if want is None:
+                want = wanted[event_type] = self.wanted(event_type)
+            if not want:
+                continue
+            try:
+                records.append(
+                    decode_stored(self.mapper, position, originator_id, version, topic, state)
+                )
+            except Exception as exc:  # noqa: BLE001 - a poison event, parked where it is read
+                records.append(_undecodable(position, originator_id, version, topic, exc))
+        return Batch(records, rows[-1][0], len(rows), types)

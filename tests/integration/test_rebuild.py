@@ -17,7 +17,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.application.app import DealtrailApplication
@@ -41,10 +41,12 @@ from services.demo.generator import generate
 from services.projections import rebuild as rebuild_module
 from services.projections.base import Projection
 from services.projections.catalog import all_projections
+from services.projections.parking import list_parked
 from services.projections.read_models import ReadModels
 from services.projections.rebuild import RebuildInProgress, rebuild
 from services.projections.source import EventSource
 from tests.conftest import API_KEYS, Backend, TestClock
+from tests.integration.test_parking import store_unbounded_snooze
 from tests.integration.test_read_models import (
     Gadget,
     Stores,
@@ -625,3 +627,88 @@ async def test_the_rebuild_command_shows_progress_and_ends_serving_the_new_gener
     tables = await existing_tables(stores.engine)
     assert not {t for t in tables if t.startswith("current_pipeline_") and t.endswith("_g1")}
     assert {t for t in tables if t.startswith("current_pipeline_") and t.endswith("_g2")}
+
+
+# --- replaying in several processes (PostgreSQL) ----------------------------------------------
+
+
+@pytest.fixture
+async def pg_stores(
+    postgres_backend: Backend, tmp_path: Path, clock: TestClock
+) -> AsyncIterator[Stores]:
+    opened = await open_stores(postgres_backend, tmp_path / "data", clock, batch_size=13)
+    try:
+        yield opened
+    finally:
+        await close_stores(opened)
+
+
+async def test_a_rebuild_spread_over_processes_gives_exactly_the_tables_built_incrementally(
+    pg_stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stores = pg_stores
+    varied_history(stores.app, deals=25, commands=40)
+    await stores.worker.catch_up()
+    deal = (await table_rows(stores.engine, stores.projections["current_pipeline"], "deals"))[0]
+    # A moment no column holds: current_pipeline parks the event, the others apply it.
+    poison = store_unbounded_snooze(stores.app, UUID(deal["deal_id"]), DEMO_END)
+    write_history(stores.app, define_pipelines(stores.app, JAN), 15, seed=11, label="c ")
+    await stores.worker.catch_up()
+    incremental = await snapshot(stores.engine)
+    before = await states(stores.engine)
+    async with stores.engine.connect() as conn:
+        parked_before = [(p.name, p.position) for p in await list_parked(conn)]
+    assert parked_before == [("current_pipeline", poison)]
+
+    # Every log is long enough here: three processes (this one and two more) share the four
+    # projections, each reading the log in batches of 17.
+    monkeypatch.setattr(rebuild_module, "PARALLEL_MIN_EVENTS", 0)
+    replayed: dict[str, rebuild_module.Replayed] = {}
+    generations = await asyncio.wait_for(
+        rebuild(
+            stores.engine,
+            EventSource(stores.app),
+            all_projections(),
+            batch_size=17,
+            processes=3,
+            stats=replayed,
+        ),
+        120,
+    )
+
+    assert generations == {p.name: 2 for p in ALL}
+    assert len({r.pid for r in replayed.values()}) == 3
+    assert all(r.events == stores.head() for r in replayed.values())
+    after = await states(stores.engine)
+    for name, state in after.items():
+        assert (state.generation, state.building_generation) == (2, None)
+        assert (state.position, state.skipped) == (before[name].position, before[name].skipped)
+    assert_same_tables(await snapshot(stores.engine), incremental)
+    async with stores.engine.connect() as conn:
+        parked = await list_parked(conn)
+        logged = await conn.execute(
+            text("SELECT count(*) FROM pg_class WHERE relpersistence = 'u'")
+        )
+        assert logged.scalar_one() == 0  # every table of the new generation is logged
+    assert [(p.name, p.position, p.generation) for p in parked] == [("current_pipeline", poison, 2)]
+
+
+async def test_a_replay_process_that_fails_stops_the_rebuild_and_releases_the_claim(
+    pg_stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stores = pg_stores
+    varied_history(stores.app, deals=5, commands=5)
+    await stores.worker.catch_up()
+    monkeypatch.setattr(rebuild_module, "PARALLEL_MIN_EVENTS", 0)
+    source = EventSource(stores.app)
+    # The second process cannot even set up its decoder.
+    broken = {
+        "PERSISTENCE_MODULE": "no_such_module",
+        "DEALTRAIL_PERSISTENCE_MODULE": "no_such_module",
+    }
+    monkeypatch.setattr(rebuild_module, "_mapper_env", lambda source: broken)
+
+    with pytest.raises(rebuild_module.ReplayFailed, match="no_such_module"):
+        await asyncio.wait_for(rebuild(stores.engine, source, all_projections(), processes=2), 120)
+
+    assert all(s.building_generation is None for s in (await states(stores.engine)).values())
