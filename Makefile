@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install run test test-unit lint format clean demo bench bench-smoke bench-dashboard vendor
+.PHONY: install run test test-unit lint format clean demo bench bench-smoke bench-scale bench-dashboard vendor
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,12 @@ bench: install
 
 bench-smoke: install
 	$(BIN)/python -m bench --smoke
+
+# make bench-scale: rebuild, commands and queries at 100k, 300k and 1M events, with a chart
+# (matplotlib, the bench extra); results in bench/results/scale.json and scale.png.
+bench-scale: install
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	$(BIN)/python -m bench.scale
 
 # make bench-dashboard: the dashboard in Chromium on make-demo data (time until the board
 # is interactive, bytes of the first load); results in bench/results/dashboard.json.

@@ -345,6 +345,38 @@ def proc_status_kb(pid: int) -> dict[str, int]:
     return out
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time a live process has used so far, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (children, their children, ...), from /proc."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = list(Path(f"/proc/{parent}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+            found += children
+            todo += children
+    return found
+
+
 class Proc:
     """A child process with its output in a log file and its memory sampled."""
 
@@ -364,6 +396,9 @@ class Proc:
                 stderr=subprocess.STDOUT,
             )
         self.peak_rss_kb = 0
+        self.peak_tree_rss_kb = 0
+        self.peak_rss_by_pid_kb: dict[int, int] = {}
+        self.cpu_seconds_by_pid: dict[int, float] = {}  # as last sampled
         self._stop_sampling = threading.Event()
         self._sampler: threading.Thread | None = None
         if sample:
@@ -374,11 +409,44 @@ class Proc:
         while not self._stop_sampling.is_set() and self.popen.poll() is None:
             status = proc_status_kb(self.popen.pid)
             self.peak_rss_kb = max(self.peak_rss_kb, status.get("VmHWM", 0), status.get("VmRSS", 0))
+            # The processes it started (a rebuild's replay processes): each one's peak, and
+            # the peak of their sum with this one, sampled together.
+            total = status.get("VmRSS", 0)
+            tree = [self.popen.pid, *descendants(self.popen.pid)]
+            for pid in tree:
+                cpu = proc_cpu_seconds(pid)
+                if cpu is not None:
+                    self.cpu_seconds_by_pid[pid] = cpu
+            for pid in tree[1:]:
+                child = proc_status_kb(pid)
+                total += child.get("VmRSS", 0)
+                self.peak_rss_by_pid_kb[pid] = max(
+                    self.peak_rss_by_pid_kb.get(pid, 0), child.get("VmHWM", 0)
+                )
+            self.peak_tree_rss_kb = max(self.peak_tree_rss_kb, total)
             self._stop_sampling.wait(0.1)
 
     @property
     def peak_rss_mb(self) -> float:
         return round(self.peak_rss_kb / 1024, 1)
+
+    @property
+    def peak_tree_rss_mb(self) -> float:
+        """Peak of the RSS summed over this process and every process it started."""
+        return round(max(self.peak_tree_rss_kb, self.peak_rss_kb) / 1024, 1)
+
+    @property
+    def tree_cpu_seconds(self) -> float:
+        """CPU time used by this process and the processes it started (as last sampled,
+        up to 0.1 s before each one ended)."""
+        return round(sum(self.cpu_seconds_by_pid.values()), 1)
+
+    @property
+    def children_peak_rss_mb(self) -> list[float]:
+        """Each started process's own peak RSS (VmHWM), largest first."""
+        return sorted(
+            (round(kb / 1024, 1) for kb in self.peak_rss_by_pid_kb.values()), reverse=True
+        )
 
     def alive(self) -> bool:
         return self.popen.poll() is None

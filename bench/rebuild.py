@@ -30,6 +30,7 @@ from bench.common import (
     Run,
     dealtrail_command,
     fresh_database,
+    load_average,
     ratio,
     say,
     service_env,
@@ -42,6 +43,12 @@ GENERATE_BATCH = 500
 READ_BATCH = REBUILD_BATCH_SIZE  # as `dealtrail projections rebuild --batch-size` defaults
 REBUILD_TIMEOUT_S = 3 * 3600
 SUMMARY = re.compile(r"([\d,]+) events in ([\d.]+)s")
+# ``dealtrail projections rebuild`` tells how each projection's replay went
+REPLAYED = re.compile(
+    r"^(\w+): replayed ([\d,]+) events in ([\d.]+) s \(([\d,]+) events/s, "
+    r"([\d.]+) s of CPU in process (\d+)",
+    re.MULTILINE,
+)
 
 
 def open_app(db: Database) -> Any:
@@ -105,7 +112,7 @@ def raw_read(db: Database, batch: int = READ_BATCH) -> dict[str, Any]:
     selecting = decoding = 0.0
     count = 0
     position = 0
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     try:
         while True:
             t0 = time.perf_counter()
@@ -123,13 +130,20 @@ def raw_read(db: Database, batch: int = READ_BATCH) -> dict[str, Any]:
     finally:
         app.close()
     seconds = time.perf_counter() - started
-    say(f"raw read: {count:,} events in {seconds:.1f}s ({count / max(seconds, 1e-9):,.0f}/s)")
+    cpu = time.process_time() - cpu_started
+    say(
+        f"raw read: {count:,} events in {seconds:.1f}s ({count / max(seconds, 1e-9):,.0f}/s), "
+        f"load average {load_average()[0]:.1f}"
+    )
     return {
         "events": count,
         "seconds": round(seconds, 2),
         "events_per_s": round(count / seconds, 1) if seconds else None,
         "select_seconds": round(selecting, 2),
         "decode_seconds": round(decoding, 2),
+        "cpu_seconds": round(cpu, 2),
+        "cpu_us_per_event": round(cpu * 1e6 / count, 1) if count else None,
+        "load_average": load_average(),
     }
 
 
@@ -151,15 +165,37 @@ class Rebuilding:
             raise BenchError("the rebuild did not end after switching") from None
         if code != 0:
             raise BenchError(f"dealtrail projections rebuild exited {code}:\n{self.proc.tail()}")
-        matches = list(SUMMARY.finditer(self.proc.log.read_text(errors="replace")))
+        output = self.proc.log.read_text(errors="replace")
+        matches = list(SUMMARY.finditer(output))
         reported = float(matches[-1].group(2)) if matches else None
         self.figures.update(
             reported_seconds=reported,
             reported_events_per_s=round(self.head / reported, 1) if reported else None,
             process_wall_seconds=round(time.monotonic() - self.proc.started, 2),
             peak_rss_mb=self.proc.peak_rss_mb,
+            peak_rss_total_mb=self.proc.peak_tree_rss_mb,
+            peak_rss_replay_processes_mb=self.proc.children_peak_rss_mb,
+            cpu_seconds=self.proc.tree_cpu_seconds,
+            cpu_us_per_event=round(self.proc.tree_cpu_seconds * 1e6 / self.head, 1)
+            if self.head
+            else None,
+            projections=replayed_figures(output),
         )
         return self.figures
+
+
+def replayed_figures(output: str) -> dict[str, dict[str, Any]]:
+    """Each projection's own replay, as the rebuild command reported it."""
+    return {
+        m.group(1): {
+            "events": int(m.group(2).replace(",", "")),
+            "seconds": float(m.group(3)),
+            "events_per_s": int(m.group(4).replace(",", "")),
+            "cpu_seconds": float(m.group(5)),
+            "pid": int(m.group(6)),
+        }
+        for m in REPLAYED.finditer(output)
+    }
 
 
 def start_rebuild(db: Database, run: Run, head: int) -> Rebuilding:
@@ -195,11 +231,14 @@ def start_rebuild(db: Database, run: Run, head: int) -> Rebuilding:
         "seconds_to_switch": round(seconds, 2),
         "events_per_s": round(head / seconds, 1) if seconds else None,
         "peak_rss_mb": proc.peak_rss_mb,
+        "load_average": load_average(),
         "generations": {name: gen for name, (gen, _) in states.items()},
     }
     say(
         f"rebuild: {head:,} events, switched after {seconds:.1f}s "
-        f"({figures['events_per_s']:,.0f} events/s), peak RSS {proc.peak_rss_mb:.0f} MB"
+        f"({figures['events_per_s']:,.0f} events/s), peak RSS {proc.peak_rss_mb:.0f} MB "
+        f"(with its replay processes {proc.peak_tree_rss_mb:.0f} MB), "
+        f"load average {figures['load_average'][0]:.1f}"
     )
     return Rebuilding(proc, head, figures)
 

@@ -144,11 +144,22 @@ class _FastJSON:
             raise _Unusual
         return decoder(data)
 
+    def _leaf(self, value: dict[str, Any]) -> Any:
+        """A ``{"_type_": name, "_data_": text}`` value decoded (most typed values are
+        such leaves: moments, amounts, ids), else ``value`` itself, untouched."""
+        if len(value) == 2 and type(value.get("_data_")) is str and "_type_" in value:
+            decoder = self.decoders.get(value["_type_"])
+            if decoder is None:
+                raise _Unusual
+            return decoder(value["_data_"])
+        return value
+
     def _dict(self, value: dict[str, Any]) -> Any:
         for k, v in value.items():
             t = type(v)
             if t is dict:
-                value[k] = self._dict(v)
+                leaf = self._leaf(v)
+                value[k] = self._dict(v) if leaf is v else leaf
             elif t is list:
                 value[k] = self._list(v)
             elif t is float:
@@ -162,7 +173,8 @@ class _FastJSON:
         for v in value:
             t = type(v)
             if t is dict:
-                v = self._dict(v)
+                leaf = self._leaf(v)
+                v = self._dict(v) if leaf is v else leaf
             elif t is list:
                 v = self._list(v)
             elif t is float:
@@ -243,7 +255,8 @@ def decode_stored(
     recorded_at = payload.pop("timestamp", None)
     actor = payload.pop("actor", None)
     payload.pop("originator_topic", None)
-    aggregate_id = originator_id if type(originator_id) is UUID else UUID(str(originator_id))
+    # asyncpg's UUID is a UUID already (and gives its text faster)
+    aggregate_id = originator_id if isinstance(originator_id, UUID) else UUID(str(originator_id))
     return EventRecord(
         position,
         aggregate_id,

@@ -207,18 +207,19 @@ class AuditHistory(Projection):
     async def apply(
         self, conn: AsyncConnection, tables: dict[str, Table], records: Sequence[EventRecord]
     ) -> None:
+        # as tuples in the table's column order (see schema.define)
         rows = [
-            {
-                "position": r.position,
-                "aggregate_id": r.key,
-                "aggregate_type": r.aggregate_type,
-                "event_type": r.event_type,
-                "version": r.version,
-                "actor": r.actor,
-                "occurred_at": r.occurred_at,
-                "recorded_at": r.recorded_at,
-                "changes": changes_of(r),
-            }
+            (
+                r.position,
+                r.key,
+                r.aggregate_type,
+                r.event_type,
+                r.version,
+                r.actor,
+                r.occurred_at,
+                r.recorded_at,
+                changes_of(r),
+            )
             for r in records
         ]
         await bulk_insert(conn, tables["events"], rows)

@@ -89,6 +89,16 @@ class CurrentPipeline(Projection):
         before = {deal_id: _contribution(row) for deal_id, row in rows.items()}
         touched_deals: set[str] = set()
         touched_pipelines: set[str] = set()
+        # A deal's row is built once per batch, after its last event (its probability
+        # reads the pipeline as it is then; a change of it on the way builds it earlier).
+        unbuilt: dict[str, EventRecord] = {}
+
+        def build(deal_id: str) -> None:
+            record = unbuilt.pop(deal_id, None)
+            if record is not None:
+                deal = deals[deal_id]
+                pipeline = pipelines.get(str(deal.pipeline_id))
+                rows[deal_id] = deal_row(deal_id, deal, pipeline, record)
 
         for record in records:
             kind = record.event_type
@@ -105,6 +115,7 @@ class CurrentPipeline(Projection):
                     await self._load_stage(conn, deals_t, pid, stage_id, rows, deals, before)
                     for deal_id, deal in deals.items():
                         if str(deal.pipeline_id) == pid and deal.stage_id == stage_id:
+                            build(deal_id)
                             _reweigh(rows[deal_id], deal, pipeline)
                             touched_deals.add(deal_id)
             elif kind in DEAL_EVENTS:
@@ -119,10 +130,10 @@ class CurrentPipeline(Projection):
                         if id(activity) not in unchanged:
                             positions[activity.id] = record.position
                 deals[deal_id] = after
-                rows[deal_id] = deal_row(
-                    deal_id, after, pipelines.get(str(after.pipeline_id)), record
-                )
+                unbuilt[deal_id] = record
                 touched_deals.add(deal_id)
+        for deal_id in list(unbuilt):
+            build(deal_id)
 
         deltas: dict[tuple[str, str], list[Any]] = defaultdict(lambda: [0, ZERO, ZERO])
         for deal_id in touched_deals:
