@@ -187,6 +187,7 @@ def main() -> int:
     run = make_run(args)
     if args.query_seconds is not None:
         run.sizes.query_s = args.query_seconds
+    run.sizes.half_saturation_s = run.sizes.level_s  # the curve needs throughput, not this
     run.backends = ["postgres"]
 
     def step(run: Run, backend: str, gen: LoadGenerator) -> None:
@@ -198,11 +199,10 @@ def main() -> int:
                 say(f"-- {n + 1}/{len(sizes)}: {target:,} events")
                 points.append(point(run, db, gen, target, events, n))
                 events = points[-1]["events"]
-                run.record(PART, backend, {"points": points})
-        written = chart(points, args.chart)
-        figures = {"points": points, "chart": str(written) if written else None}
-        run.record(PART, backend, figures)
-        print(table(points), flush=True)
+                written = chart(points, args.chart)  # after each point: a long run shows
+                figures = {"points": points, "chart": str(written) if written else None}
+                run.record(PART, backend, figures)
+                print(table(points), flush=True)
 
     return execute(run, [(PART, step)], args.keep_logs)
 

@@ -441,9 +441,8 @@ async def _replay_all(
         watching = asyncio.ensure_future(watch())
         try:
             events = await replay_here()
-            record(
-                groups[0], events, time.monotonic(), time.process_time() - cpu_started, os.getpid()
-            )
+            seconds, cpu = time.monotonic() - started, time.process_time() - cpu_started
+            record(groups[0], events, seconds, cpu, os.getpid())
             await watching
         finally:
             if not watching.done():

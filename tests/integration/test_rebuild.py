@@ -664,6 +664,7 @@ async def test_a_rebuild_spread_over_processes_gives_exactly_the_tables_built_in
     # projections, each reading the log in batches of 17.
     monkeypatch.setattr(rebuild_module, "PARALLEL_MIN_EVENTS", 0)
     replayed: dict[str, rebuild_module.Replayed] = {}
+    started = time.monotonic()
     generations = await asyncio.wait_for(
         rebuild(
             stores.engine,
@@ -679,6 +680,9 @@ async def test_a_rebuild_spread_over_processes_gives_exactly_the_tables_built_in
     assert generations == {p.name: 2 for p in ALL}
     assert len({r.pid for r in replayed.values()}) == 3
     assert all(r.events == stores.head() for r in replayed.values())
+    # each replay's own figures lie within the rebuild's time
+    assert all(0 < r.seconds <= time.monotonic() - started for r in replayed.values())
+    assert all(0 < r.cpu_seconds for r in replayed.values())
     after = await states(stores.engine)
     for name, state in after.items():
         assert (state.generation, state.building_generation) == (2, None)
