@@ -691,7 +691,10 @@ async def test_a_rebuild_spread_over_processes_gives_exactly_the_tables_built_in
     async with stores.engine.connect() as conn:
         parked = await list_parked(conn)
         logged = await conn.execute(
-            text("SELECT count(*) FROM pg_class WHERE relpersistence = 'u'")
+            text(
+                "SELECT count(*) FROM pg_class JOIN pg_namespace n ON n.oid = relnamespace "
+                "WHERE relpersistence = 'u' AND n.nspname = current_schema()"
+            )
         )
         assert logged.scalar_one() == 0  # every table of the new generation is logged
     assert [(p.name, p.position, p.generation) for p in parked] == [("current_pipeline", poison, 2)]
