@@ -274,6 +274,63 @@ def _upsert_sql(table: Table, keys: tuple[str, ...]) -> str:
     return sql
 
 
+async def bulk_add(
+    conn: AsyncConnection,
+    table: Table,
+    keys: Sequence[str],
+    counters: Sequence[str],
+    rows: Sequence[dict[str, Any]],
+) -> None:
+    """Add each row's ``counters`` to the stored row with the same ``keys`` (inserting it
+    when there is none): ``INSERT ... ON CONFLICT DO UPDATE SET c = c + EXCLUDED.c``.
+
+    Counters kept beside the rows they count move in the same transaction as those rows.
+    One statement through ``unnest`` on PostgreSQL; row by row elsewhere. Rows with the
+    same key are summed first. Every row carries exactly the ``keys`` and ``counters``.
+    """
+    if not rows:
+        return
+    summed: dict[tuple[Any, ...], list[Any]] = {}
+    for row in rows:
+        key = tuple(row[k] for k in keys)
+        kept = summed.get(key)
+        if kept is None:
+            summed[key] = [row[c] for c in counters]
+        else:
+            for i, c in enumerate(counters):
+                kept[i] += row[c]
+    merged = [
+        {**dict(zip(keys, key, strict=True)), **dict(zip(counters, values, strict=True))}
+        for key, values in summed.items()
+    ]
+    names = (*keys, *counters)
+    if conn.dialect.name != "postgresql":
+        stmt = sqlite.insert(table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(keys), set_={c: table.c[c] + stmt.excluded[c] for c in counters}
+        )
+        for i in range(0, len(merged), 1000):
+            await conn.execute(stmt, merged[i : i + 1000])
+        return
+    columns = _pg_columns(table)
+    cache_key = ("add", table.name, tuple(columns.names), tuple(keys), tuple(counters))
+    sql = _sql_cache.get(cache_key)
+    if sql is None:
+        quote = _PG.identifier_preparer.quote
+        types = dict(zip(columns.names, columns.array_types, strict=True))
+        arrays = ", ".join(f"${i}::{types[n]}" for i, n in enumerate(names, 1))
+        table_name = quote(table.name)
+        sql = (
+            f"INSERT INTO {table_name} ({', '.join(quote(n) for n in names)}) "
+            f"SELECT * FROM unnest({arrays}) "
+            f"ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO UPDATE SET "
+            + ", ".join(f"{q} = {table_name}.{q} + EXCLUDED.{q}" for q in map(quote, counters))
+        )
+        _sql_cache[cache_key] = sql
+    driver = await _driver(conn)
+    await driver.execute(sql, *_pg_arrays(columns, merged, names))
+
+
 async def bulk_update(
     conn: AsyncConnection,
     table: Table,
