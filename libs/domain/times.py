@@ -141,3 +141,18 @@ def _named(field: str, rule: str) -> str:
     """``"occurred_at must ..."``; without a field (a validator whose caller names it)
     just the rule."""
     return f"{field} {rule}" if field else rule
+
+
+def first_of_month(moment: datetime) -> date:
+    """The first day of ``moment``'s month in UTC (the month read models count by)."""
+    utc = moment.astimezone(UTC)
+    return date(utc.year, utc.month, 1)
+
+
+def starts_a_month(moment: datetime | None) -> bool:
+    """Whether ``moment`` is the very start of a month in UTC (None, no bound: True), so
+    that a period bounded by such moments is made of whole months."""
+    if moment is None:
+        return True
+    utc = moment.astimezone(UTC)
+    return utc.day == 1 and (utc.hour, utc.minute, utc.second, utc.microsecond) == (0, 0, 0, 0)

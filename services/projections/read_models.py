@@ -69,6 +69,7 @@ class ReadView:
     tables: dict[str, Table]
     position: int
     generation: int
+    schema_version: int = 0  # the layout of these tables (``Projection.schema_version``)
 
 
 class ReadModels:
@@ -130,9 +131,10 @@ class ReadModels:
         if not future.cancelled():
             future.exception()  # retrieved here; every waiter gets it raised as well
 
-    async def _state(self, conn: AsyncConnection, name: str) -> tuple[int, int] | None:
-        """The read model's ``(generation, position)``, after checking that this release
-        can read its tables (:class:`ReadModelUnavailable` ``projection_outdated`` if not)."""
+    async def _state(self, conn: AsyncConnection, name: str) -> tuple[int, int, int] | None:
+        """The read model's ``(generation, position, schema version)``, after checking that
+        this release can read its tables (:class:`ReadModelUnavailable`
+        ``projection_outdated`` if not)."""
         columns = (
             projection_state.c.generation,
             projection_state.c.position,
@@ -145,7 +147,7 @@ class ReadModels:
         if problem:
             raise ReadModelUnavailable("projection_outdated", problem, {"schema_version": row[2]})
         self._outdated[name] = self.projections[name].schema_problem(row[2])
-        return (row[0], row[1])
+        return (row[0], row[1], row[2])
 
     @asynccontextmanager
     async def open(self, name: str, min_position: int | None = None) -> AsyncIterator[ReadView]:
@@ -155,11 +157,15 @@ class ReadModels:
             async with self.engine.connect() as conn:
                 state = await self._state(conn, name)
                 if state is not None and (min_position is None or state[1] >= min_position):
-                    generation, position = state
+                    generation, position, version = state
                     note_read(name, generation, position)
-                    yield ReadView(conn, projection.tables(generation), position, generation)
+                    yield ReadView(
+                        conn, projection.tables(generation), position, generation, version
+                    )
                     return
-            await self._wait(name, min_position or 0, deadline, state)
+            await self._wait(
+                name, min_position or 0, deadline, state[:2] if state is not None else None
+            )
 
     async def _wait(
         self, name: str, target: int, deadline: float, state: tuple[int, int] | None

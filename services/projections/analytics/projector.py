@@ -31,6 +31,7 @@ from libs.domain.state import (
     pipeline_after,
 )
 from services.projections.analytics import schema
+from services.projections.analytics.funnel import FunnelCounts, order_of, recount_advanced
 from services.projections.base import Projection
 from services.projections.folding import (
     activity_fields,
@@ -74,7 +75,9 @@ class Analytics(Projection):
         deal_ids = list({r.key for r in records if r.event_type in DEAL_EVENTS})
         deals: dict[str, DealState] = {}
         current_deals: dict[str, dict[str, Any]] = {}
-        reached: dict[tuple[str, str], set[str]] = {}
+        funnel = FunnelCounts()
+        await funnel.load(conn, tables, deal_ids)
+        reordered: set[str] = set()
         # each deal's activities now (their current history rows) and first responses
         acts: dict[str, dict[str, ActivityState]] = {}
         current_acts: dict[str, dict[str, Any]] = {}
@@ -105,13 +108,6 @@ class Analytics(Projection):
             for r in rows.mappings().all():
                 current_deals[r["deal_id"]] = dict(r)
                 deals[r["deal_id"]] = partial_deal_state(dict(r))
-            rows = await conn.execute(
-                select(reach_t.c.deal_id, reach_t.c.pipeline_id, reach_t.c.stage_id).where(
-                    reach_t.c.deal_id.in_(chunk)
-                )
-            )
-            for deal_id, pipeline_id, stage_id in rows.all():
-                reached.setdefault((deal_id, pipeline_id), set()).add(stage_id)
 
         history_rows: dict[Key, dict[str, Any]] = {}
         closed_rows: list[tuple[str, int, datetime]] = []  # rows already stored, now ended
@@ -143,14 +139,16 @@ class Analytics(Projection):
             deal_id: str, pipeline_id: str, stage_id: str, owner: str, rec: EventRecord
         ) -> None:
             pipeline = pipelines.get(pipeline_id)
-            order = [s.id for s in pipeline.stages] if pipeline else [stage_id]
-            seen = reached.setdefault((deal_id, pipeline_id), set())
+            stages = order_of(pipeline)
+            order = stages if pipeline else [stage_id]
+            seen = funnel.reached.get((deal_id, pipeline_id), {})
             if stage_id not in order:
                 order = [*order, stage_id]
+            new: list[tuple[str, str]] = []
             for sid in order[: order.index(stage_id) + 1]:
                 if sid in seen:
                     continue
-                seen.add(sid)
+                new.append((sid, "entered" if sid == stage_id else "skipped"))
                 reach_rows.append(
                     {
                         "deal_id": deal_id,
@@ -162,6 +160,7 @@ class Analytics(Projection):
                         "position": rec.position,
                     }
                 )
+            funnel.reach(deal_id, pipeline_id, new, rec.when, stages)
 
         for rec in records:
             kind, p, when = rec.event_type, rec.payload, rec.when
@@ -170,6 +169,8 @@ class Analytics(Projection):
                 pipeline = pipeline_after(pipelines.get(pid), kind, p, when)
                 if pipeline is None:
                     continue
+                if pid in pipelines and order_of(pipelines[pid]) != order_of(pipeline):
+                    reordered.add(pid)
                 end_previous(
                     current_pipelines.get(pid), "pipeline_id", pipeline_rows, closed_pipelines, when
                 )
@@ -253,6 +254,8 @@ class Analytics(Projection):
                 if kind in ENTERS_STAGE:
                     reach(deal_id, row["pipeline_id"], state.stage_id, state.owner, rec)
                 elif kind in CLOSES:
+                    won = kind == EventType.DEAL_WON
+                    funnel.close(deal_id, row["pipeline_id"], won, state.stage_id, when)
                     outcome_rows.append(
                         {
                             "position": rec.position,
@@ -290,6 +293,9 @@ class Analytics(Projection):
             await bulk_insert(conn, table, batch)
         await bulk_upsert(conn, reach_t, ["deal_id", "pipeline_id", "stage_id"], reach_rows)
         await bulk_upsert(conn, responses_t, ["deal_id"], list(new_responses.values()))
+        await funnel.write(conn, tables)
+        for pid in sorted(reordered):
+            await recount_advanced(conn, tables, pid, order_of(pipelines[pid]))
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from typing import Any
 from sqlalchemy import Table, and_, case, false, func, literal_column, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from libs.domain.times import first_of_month, starts_a_month
+from services.projections.analytics import schema
 from services.projections.sql import (
     count_if,
     int_list,
@@ -420,14 +422,21 @@ async def funnel_counts(
     end: datetime | None = None,
     owner: str | None = None,
     team: str | None = None,
+    schema_version: int = schema.SCHEMA_VERSION,
 ) -> dict[str, dict[str, int]]:
     """Per stage of ``order`` (the pipeline's stages in order): the deals that first reached
     it in [start, end) - by the owner then, in the team then - as ``entered``, of which
     ``skipped``; and of those, how many reached a later stage of ``order`` at or after that
     (``advanced``), were lost in this stage at or after it (``lost_here``), were won at or
-    after it (``won``); everything before ``end``."""
+    after it (``won``); everything before ``end``.
+
+    Without an owner or team, over whole months (UTC) or all time, the counts kept per
+    stage and month (``analytics_funnel``) answer, a few hundred rows; otherwise the
+    reaches and closes themselves are grouped per deal."""
     if not order:
         return {}
+    if funnel_from_counts(schema_version, start=start, end=end, owner=owner, team=team):
+        return await _funnel_from_counts(conn, tables, pipeline_id, order, start, end)
     r, o = tables["reach"], tables["outcomes"]
     ranks = {sid: i for i, sid in enumerate(order)}
     reach_clauses = [r.c.pipeline_id == pipeline_id, r.c.stage_id.in_(list(order))]
@@ -524,6 +533,51 @@ async def funnel_counts(
         }
         for sid, k in ranks.items()
     }
+
+
+def funnel_from_counts(
+    schema_version: int,
+    *,
+    start: datetime | None,
+    end: datetime | None,
+    owner: str | None,
+    team: str | None,
+) -> bool:
+    """Whether the funnel counts answer a funnel with these filters (else the reaches)."""
+    return (
+        schema_version >= schema.FUNNEL_SINCE
+        and owner is None
+        and team is None
+        and starts_a_month(start)
+        and starts_a_month(end)
+    )
+
+
+async def _funnel_from_counts(
+    conn: AsyncConnection,
+    tables: dict[str, Table],
+    pipeline_id: str,
+    order: Sequence[str],
+    start: datetime | None,
+    end: datetime | None,
+) -> dict[str, dict[str, int]]:
+    f = tables["funnel"]
+    clauses: list[Any] = [f.c.pipeline_id == pipeline_id, f.c.stage_id.in_(list(order))]
+    if start is not None:
+        clauses.append(f.c.reach_month >= first_of_month(start))
+    if end is not None:
+        clauses += [f.c.reach_month < first_of_month(end), f.c.at_month < first_of_month(end)]
+    query = (
+        select(f.c.stage_id, f.c.kind, func.sum(f.c.deals))
+        .where(*clauses)
+        .group_by(f.c.stage_id, f.c.kind)
+    )
+    counts = {sid: dict.fromkeys(schema.FUNNEL_KINDS, 0) for sid in order}
+    for stage_id, kind, n in (await conn.execute(query)).all():
+        counts[stage_id][kind] = int(n)
+    for c in counts.values():  # entered counts every reach, skipped ones included
+        c["entered"] += c["skipped"]
+    return counts
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,14 @@
   that event's ``occurred_at`` until the next change (a deal's activities as of any
   moment); activity events add no row to the deal's own history, which they do not change;
 - ``analytics_responses``: per deal, its creation, owner then, and its first completed
-  activity (the response-time report).
+  activity (the response-time report);
+- ``analytics_funnel``: the funnel's deals counted per pipeline, stage, month of the
+  reach and what they did (``kind``) in which month (``at_month``): ``entered`` or
+  ``skipped`` (the reach itself, as the reach row says how), ``advanced`` (first reach of a later stage, in the
+  pipeline's current order, at or after it), ``lost_here`` (first loss in the stage at or
+  after it), ``won`` (first win at or after it); ``analytics_funnel_marks``: per deal and
+  pipeline, the stages it has been counted in as lost there and as won (so that each is
+  counted once).
 """
 
 from __future__ import annotations
@@ -26,8 +33,11 @@ from services.projections.sql import Money, Position, UtcDateTime
 # The layout of these tables (see ``Projection.schema_version``); raise it with any change.
 #   1: the first layout (positions 32-bit on PostgreSQL)
 #   2: positions 64-bit; the activities and responses tables
-SCHEMA_VERSION = 2
+#   3: the funnel counts (queries count version 2 tables' reaches and closes, as before)
+SCHEMA_VERSION = 3
 READABLE_SINCE = 2  # queries read what version 1 lacks
+FUNNEL_SINCE = 3  # the first layout with the funnel counts
+FUNNEL_KINDS = ("entered", "skipped", "advanced", "lost_here", "won")
 
 
 def define(metadata: MetaData, suffix: str) -> dict[str, Table]:
@@ -119,6 +129,25 @@ def define(metadata: MetaData, suffix: str) -> dict[str, Table]:
         Column("position", Position, nullable=False),
     )
     Index(f"ix_arsp{suffix}_created", responses.c.created_at)
+    funnel = Table(
+        f"analytics_funnel{suffix}",
+        metadata,
+        Column("pipeline_id", String(36), primary_key=True),
+        Column("stage_id", String(100), primary_key=True),
+        Column("reach_month", Date, primary_key=True),  # first day of the UTC month
+        Column("kind", String(10), primary_key=True),
+        Column("at_month", Date, primary_key=True),
+        Column("deals", Integer, nullable=False),
+    )
+    marks = Table(
+        f"analytics_funnel_marks{suffix}",
+        metadata,
+        Column("deal_id", String(36), primary_key=True),
+        Column("pipeline_id", String(36), primary_key=True),
+        # the stages whose ``lost_here`` and ``won`` this deal has been counted in already
+        Column("lost_here", JSON, nullable=False),
+        Column("won", JSON, nullable=False),
+    )
     return {
         "history": history,
         "pipelines": pipelines,
@@ -127,4 +156,6 @@ def define(metadata: MetaData, suffix: str) -> dict[str, Table]:
         "memberships": memberships,
         "activities": activities,
         "responses": responses,
+        "funnel": funnel,
+        "funnel_marks": marks,
     }

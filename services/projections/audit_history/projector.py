@@ -1,5 +1,6 @@
 """``audit_history``'s projector: each event as who, when (both clocks) and which fields
-changed from what to what."""
+changed from what to what; each actor's events counted per month, in the same
+transaction."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.application.records import EventRecord, to_json_value
 from libs.domain.events import DEAL_EVENTS, OWNER_EVENTS, PIPELINE_EVENTS, EventType
+from libs.domain.times import first_of_month
 from services.projections.audit_history import schema
 from services.projections.base import Projection
-from services.projections.sql import bulk_insert
+from services.projections.sql import bulk_add, bulk_insert
 
 E = EventType
 
@@ -223,3 +225,9 @@ class AuditHistory(Projection):
             for r in records
         ]
         await bulk_insert(conn, tables["events"], rows)
+        counted = [
+            {"actor": r.actor, "month": first_of_month(r.when), "events": 1}
+            for r in records
+            if r.actor and (r.occurred_at or r.recorded_at)
+        ]
+        await bulk_add(conn, tables["actors"], ["actor", "month"], ["events"], counted)

@@ -1,9 +1,12 @@
 """``stage_durations``'s projector: a visit opens when a deal enters a stage, closes when
-it leaves (advanced, moved back, won, lost, moved to another pipeline)."""
+it leaves (advanced, moved back, won, lost, moved to another pipeline); the histogram
+counts each visit under its stage, month of entry and duration bucket, in the same
+transaction."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import date, timedelta
 from typing import Any
 
 from sqlalchemy import MetaData, Table, and_, func, select
@@ -19,11 +22,13 @@ from libs.domain.events import (
     PIPELINE_EVENTS,
     EventType,
 )
+from libs.domain.times import first_of_month
 from services.projections.base import Projection
-from services.projections.sql import bulk_upsert
+from services.projections.sql import bulk_add, bulk_upsert
 from services.projections.stage_durations import schema
 
 E = EventType
+MICROSECOND = timedelta(microseconds=1)
 EXIT_KINDS = ("advanced", "moved_back", "won", "lost", "moved_pipeline")
 
 
@@ -64,6 +69,14 @@ class StageDurations(Projection):
             last.update({r["deal_id"]: dict(r) for r in rows.mappings().all()})
 
         changed: dict[tuple[str, int], dict[str, Any]] = {}
+        # (pipeline, stage, month, bucket) -> [visits, duration in microseconds] added
+        counts: dict[tuple[str, str, date, int], list[int]] = {}
+
+        def count(row: dict[str, Any], bucket: int, visits: int, micros: int) -> None:
+            key = (row["pipeline_id"], row["stage_id"], first_of_month(row["entered_at"]), bucket)
+            kept = counts.setdefault(key, [0, 0])
+            kept[0] += visits
+            kept[1] += micros
 
         def open_visit(
             prev: dict[str, Any],
@@ -88,15 +101,19 @@ class StageDurations(Projection):
             }
             last[row["deal_id"]] = row
             changed[(row["deal_id"], row["visit"])] = row
+            count(row, schema.OPEN, 1, 0)
 
         def close_visit(row: dict[str, Any], kind: str, rec: EventRecord) -> None:
             row = dict(row)
+            duration = rec.when - row["entered_at"]
             row.update(
                 exited_at=rec.when,
-                duration_seconds=(rec.when - row["entered_at"]).total_seconds(),
+                duration_seconds=duration.total_seconds(),
                 exit_kind=kind,
                 exited_position=rec.position,
             )
+            count(row, schema.OPEN, -1, 0)
+            count(row, schema.bucket_of(row["duration_seconds"]), 1, duration // MICROSECOND)
             last[row["deal_id"]] = row
             changed[(row["deal_id"], row["visit"])] = row
 
@@ -142,3 +159,21 @@ class StageDurations(Projection):
                 changed[(deal_id, row["visit"])] = row
 
         await bulk_upsert(conn, visits_t, ["deal_id", "visit"], list(changed.values()))
+        await bulk_add(
+            conn,
+            tables["histogram"],
+            ["pipeline_id", "stage_id", "month", "bucket"],
+            ["visits", "duration_micros"],
+            [
+                {
+                    "pipeline_id": p,
+                    "stage_id": s,
+                    "month": m,
+                    "bucket": b,
+                    "visits": n,
+                    "duration_micros": micros,
+                }
+                for (p, s, m, b), (n, micros) in counts.items()
+                if n or micros
+            ],
+        )

@@ -22,6 +22,8 @@ async def stage_durations_report(ctx: ReportContext, params: ReportParams) -> Re
             owner=params.owner,
             start=params.start,
             end=params.end,
+            schema_version=view.schema_version,
+            named=[s["id"] for s in (*pipeline["stages"], *pipeline["removed_stages"])],
         )
         position = view.position
     removed_names = {s["id"]: s["name"] for s in pipeline["removed_stages"]}

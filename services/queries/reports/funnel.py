@@ -22,6 +22,7 @@ async def funnel(ctx: ReportContext, params: ReportParams) -> Report:
             end=params.end,
             owner=params.owner,
             team=params.team,
+            schema_version=view.schema_version,
         )
         position = min(position, view.position)
     names = stage_names(pipeline)

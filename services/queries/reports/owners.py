@@ -5,9 +5,8 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select
-
 from services.projections.analytics import queries as analytics
+from services.projections.audit_history import queries as audit_history
 from services.projections.current_pipeline import queries as current_pipeline
 from services.projections.sql import micros_to_days
 from services.queries.reports import Report, ReportContext, ReportParams, day_stats, ratio
@@ -66,7 +65,13 @@ async def owners(ctx: ReportContext, params: ReportParams) -> Report:
         e["lost"] += c["lost"]
         e["_days"] += [micros_to_days(m) for m in c["win_micros"]]
     async with ctx.models.open("audit_history", params.min_position) as view:
-        events = await _events_by_actor(view.conn, view.tables, params)
+        events = await audit_history.events_by_actor(
+            view.conn,
+            view.tables,
+            start=params.start,
+            end=params.end,
+            schema_version=view.schema_version,
+        )
     team = await owners_of_team(ctx, params, now)
     async with ctx.models.open("current_pipeline", params.min_position) as view:
         work = await current_pipeline.activity_work(
@@ -97,16 +102,3 @@ async def owners(ctx: ReportContext, params: ReportParams) -> Report:
         "in any currency. activities_completed: activities assigned to the rep and completed "
         "in the period; activities_overdue: open and due before now (any period).",
     )
-
-
-async def _events_by_actor(conn: Any, tables: Any, params: ReportParams) -> dict[str, int]:
-    t = tables["events"]
-    # the period is on business time, as for every report (recorded_at only if none)
-    when = func.coalesce(t.c.occurred_at, t.c.recorded_at)
-    clauses: list[Any] = []
-    if params.start is not None:
-        clauses.append(when >= params.start)
-    if params.end is not None:
-        clauses.append(when < params.end)
-    query = select(t.c.actor, func.count()).where(*clauses).group_by(t.c.actor)
-    return {actor: n for actor, n in (await conn.execute(query)).all() if actor}
