@@ -17,6 +17,7 @@ from services.feeds.nats_relay import NatsRelay
 from services.feeds.webhooks.delivery import Dispatcher
 from services.feeds.webhooks.store import create_webhook_tables
 from services.projections.read_models import ReadModels
+from services.projections.read_thread import ReadThread
 from services.projections.runner import Worker
 from services.projections.source import EventSource
 from services.runtime.breaker import StoreBreaker
@@ -26,6 +27,7 @@ from services.runtime.stores import Stores, connect_stores
 from services.runtime.tracing import instrument_engine
 
 SERVICE_POOL_SIZE = 10  # read-side connections of one service process
+REPORT_POOL_SIZE = 2  # connections of the thread that computes heavy reports
 BACKGROUND_STOP_SECONDS = 10  # how long shutdown waits for a background task to stop
 
 Stopper = Callable[[], Awaitable[None]]
@@ -46,6 +48,9 @@ class Runtime:
     """The read models on the primary, for what a command looks up at the log's head (which
     a replica may not have reached yet); ``read_models`` when there is no replica."""
     breaker: StoreBreaker
+    report_reads: ReadThread | None = None
+    """Read models on a thread of their own, for reports whose Python work is long (None:
+    they run on the event loop like every other query)."""
     worker: Worker | None = None
     webhooks: Dispatcher | None = None
     relay: NatsRelay | None = None
@@ -79,9 +84,17 @@ async def bootstrap(settings: Settings, clock: Clock = utc_now) -> Runtime:
     instrument_engine(stores.engine)
     read_models = ReadModels(stores.engine, settings.read_wait_seconds, settings.max_read_waiters)
     primary_reads = read_models
-    if settings.read_database_url.get_secret_value():
+    replicated = bool(settings.read_database_url.get_secret_value())
+    if replicated:
         replica = make_engine(settings.read_store, pool_size=SERVICE_POOL_SIZE, read_only=True)
         read_models = ReadModels(replica, settings.read_wait_seconds, settings.max_read_waiters)
+    read_store = settings.read_store if replicated else settings.store
+    report_reads = ReadThread(
+        lambda: make_engine(read_store, pool_size=REPORT_POOL_SIZE, read_only=replicated),
+        settings.read_wait_seconds,
+        settings.max_read_waiters,
+        name="report-reads",
+    )
     runtime = Runtime(
         settings=settings,
         application=stores.application,
@@ -91,8 +104,10 @@ async def bootstrap(settings: Settings, clock: Clock = utc_now) -> Runtime:
         read_models=read_models,
         primary_reads=primary_reads,
         breaker=StoreBreaker(settings.store),
+        report_reads=report_reads,
         generated_admin_token=generated,
     )
+    runtime.background.append(report_reads.aclose)
     if settings.embedded_worker:
         start_embedded_worker(runtime, worker)
     return runtime

@@ -15,8 +15,9 @@ from services.pipeline_api.openapi import raises
 from services.pipeline_api.query_cache import Computed, FreshAnswer, TimeUse, json_body
 from services.pipeline_api.query_params import MinPosition
 from services.pipeline_api.schemas import FilterText, Moment, ReportAnswer
+from services.projections.read_models import ReadModels
 from services.queries.reports import ReportContext, ReportFn, ReportParams
-from services.queries.reports.catalog import NEEDS_PIPELINE, REPORTS
+from services.queries.reports.catalog import NEEDS_PIPELINE, OFF_LOOP, REPORTS
 
 router = APIRouter(prefix="/v1/reports", tags=["reports"])
 
@@ -71,8 +72,13 @@ def _route(name: str, fn: ReportFn) -> Callable[..., Awaitable[Response]]:
         as_csv = bool(accept and "text/csv" in accept)
 
         async def compute() -> Computed:
+            if name in OFF_LOOP and runtime.report_reads is not None:
+                return await runtime.report_reads.run(answer)
+            return await answer(models)
+
+        async def answer(read_models: ReadModels) -> Computed:
             clock = TimeUse(runtime.clock)
-            result = await fn(ReportContext(models, clock), params)
+            result = await fn(ReportContext(read_models, clock), params)
             if as_csv:
                 return Computed(
                     result.as_csv().encode(),

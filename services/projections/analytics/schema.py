@@ -16,11 +16,11 @@
   activity (the response-time report);
 - ``analytics_funnel``: the funnel's deals counted per pipeline, stage, month of the
   reach and what they did (``kind``) in which month (``at_month``): ``entered`` or
-  ``skipped`` (the reach itself, as the reach row says how), ``advanced`` (first reach of a later stage, in the
-  pipeline's current order, at or after it), ``lost_here`` (first loss in the stage at or
-  after it), ``won`` (first win at or after it); ``analytics_funnel_marks``: per deal and
-  pipeline, the stages it has been counted in as lost there and as won (so that each is
-  counted once).
+  ``skipped`` (the reach itself, as the reach row says how), ``advanced`` (first reach
+  of a later stage, in the pipeline's current order, at or after it), ``lost_here``
+  (first loss in the stage at or after it), ``won`` (first win at or after it);
+- ``analytics_funnel_marks``: per deal and pipeline, the stages it has been counted in
+  as lost there and as won (so that each is counted once).
 """
 
 from __future__ import annotations

@@ -27,3 +27,7 @@ REPORTS: dict[str, ReportFn] = {
     "activities": activities,
     "response-time": response_time,
 }
+
+# Reports whose Python work grows with the data (a duration per close or per deal to sort,
+# or many rows to shape): the API computes them off its event loop.
+OFF_LOOP = frozenset({"cycle-time", "owners", "response-time", "stale-deals", "velocity"})
