@@ -274,6 +274,12 @@ def _upsert_sql(table: Table, keys: tuple[str, ...]) -> str:
     return sql
 
 
+def _unnest_arrays(columns: _PgColumns, names: Sequence[str]) -> str:
+    """``$1::type[], $2::type[], ...``: the typed array parameters of ``names``."""
+    types = dict(zip(columns.names, columns.array_types, strict=True))
+    return ", ".join(f"${i}::{types[n]}" for i, n in enumerate(names, 1))
+
+
 async def bulk_add(
     conn: AsyncConnection,
     table: Table,
@@ -317,12 +323,10 @@ async def bulk_add(
     sql = _sql_cache.get(cache_key)
     if sql is None:
         quote = _PG.identifier_preparer.quote
-        types = dict(zip(columns.names, columns.array_types, strict=True))
-        arrays = ", ".join(f"${i}::{types[n]}" for i, n in enumerate(names, 1))
         table_name = quote(table.name)
         sql = (
             f"INSERT INTO {table_name} ({', '.join(quote(n) for n in names)}) "
-            f"SELECT * FROM unnest({arrays}) "
+            f"SELECT * FROM unnest({_unnest_arrays(columns, names)}) "
             f"ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO UPDATE SET "
             + ", ".join(f"{q} = {table_name}.{q} + EXCLUDED.{q}" for q in map(quote, counters))
         )
@@ -364,8 +368,7 @@ async def bulk_update(
     sql = _sql_cache.get(cache_key)
     if sql is None:
         quote = _PG.identifier_preparer.quote
-        types = dict(zip(columns.names, columns.array_types, strict=True))
-        arrays = ", ".join(f"${i}::{types[n]}" for i, n in enumerate(names, 1))
+        arrays = _unnest_arrays(columns, names)
         sql = (
             f"UPDATE {quote(table.name)} AS t SET "
             + ", ".join(f"{quote(v)} = v.{quote(v)}" for v in values)
