@@ -105,11 +105,17 @@ class FunnelCounts:
             tables["funnel_marks"],
             ["deal_id", "pipeline_id"],
             [
-                {"deal_id": d, "pipeline_id": p, **self.marks[(d, p)]}
+                {"deal_id": d, "pipeline_id": p, **_sorted(self.marks[(d, p)])}
                 for d, p in sorted(self.changed_marks)
             ],
         )
         await _add(conn, tables["funnel"], self.added.items())
+
+
+def _sorted(marks: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The marks in one order whatever the order they were made in (a rebuild's tables
+    equal incremental work's)."""
+    return {kind: sorted(stages) for kind, stages in marks.items()}
 
 
 def _advanced(

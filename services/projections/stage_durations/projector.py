@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import date, timedelta
 from typing import Any
 
-from sqlalchemy import MetaData, Table, and_, func, select
+from sqlalchemy import MetaData, Table, and_, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.application.records import EventRecord
@@ -28,6 +28,7 @@ from services.projections.sql import bulk_add, bulk_upsert
 from services.projections.stage_durations import schema
 
 E = EventType
+OPEN = schema.OPEN
 MICROSECOND = timedelta(microseconds=1)
 EXIT_KINDS = ("advanced", "moved_back", "won", "lost", "moved_pipeline")
 
@@ -177,3 +178,13 @@ class StageDurations(Projection):
                 if n or micros
             ],
         )
+        # Open visits are counted up and down again: drop the counts that reached zero, so
+        # the table holds what a rebuild (which nets them out in memory) holds.
+        emptied = sorted({p for (p, _, _, b), (n, _) in counts.items() if b == OPEN and n < 0})
+        if emptied:
+            h = tables["histogram"]
+            await conn.execute(
+                delete(h).where(
+                    h.c.pipeline_id.in_(emptied), h.c.bucket == schema.OPEN, h.c.visits == 0
+                )
+            )
