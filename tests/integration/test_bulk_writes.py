@@ -260,8 +260,10 @@ async def test_a_rebuild_fills_its_tables_first_and_indexes_them_before_switchin
     assert generations == {"audit_history": 2}
     expected = secondary_indexes(projection, 2)
     assert while_filled == {name: set() for name in expected}
-    for table_name, names in expected.items():
-        assert names and await index_names(stores.engine, table_name) == names
+    indexed = {table: names for table, names in expected.items() if names}
+    assert indexed  # the events table has its secondary indexes; a counter table may have none
+    for table_name, names in indexed.items():
+        assert await index_names(stores.engine, table_name) == names
 
 
 async def test_tables_created_without_indexes_get_exactly_their_indexes_later(
