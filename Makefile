@@ -19,8 +19,11 @@ install: $(STAMP)
 run: install
 	$(BIN)/dealtrail serve --host $(HOST) --port $(PORT)
 
+# Two test processes (one a core here): the tests spend most of their time waiting on
+# started services and databases. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-unit: install
 	$(BIN)/pytest tests/unit
