@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -88,6 +89,12 @@ def point(
         "load_average": load_average(),
         "seconds": round(time.monotonic() - started, 1),
     }
+
+
+def chart_name(path: Path | None) -> str | None:
+    """The chart as the results file names it: relative to the results folder, so that
+    the file says nothing of the machine it was written on."""
+    return os.path.relpath(path, RESULTS_DIR) if path is not None else None
 
 
 def chart(points: list[dict[str, Any]], path: Path) -> Path | None:
@@ -217,7 +224,7 @@ def main() -> int:
                 points.append(point(run, db, gen, target, events, n))
                 events = points[-1]["events"]
                 written = chart(points, args.chart)  # after each point: a long run shows
-                figures = {"points": points, "chart": str(written) if written else None}
+                figures = {"points": points, "chart": chart_name(written)}
                 run.record(PART, backend, figures)
                 print(table(points), flush=True)
 
